@@ -1,0 +1,236 @@
+"""A throwaway PKI for the tests and the demo: root, intermediate, responders, leaves, staples.
+
+Everything is made with cryptography's builders (OCSPResponseBuilder for the
+responses), so the bytes are what a real CA and responder would produce.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+DAY = timedelta(days=1)
+Key = ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate with its private key."""
+
+    cert: x509.Certificate
+    key: Key
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "staple-monitor lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _key() -> Key:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: Key, now: datetime, days: int
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + days * DAY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
+def make_root(cn: str, now: datetime) -> Issued:
+    """A self-signed root CA."""
+    key = _key()
+    cert = (
+        _builder(_name(cn), _name(cn), key, now, 3650)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _aki(issuer: Issued) -> x509.AuthorityKeyIdentifier:
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+
+
+def make_intermediate(cn: str, root: Issued, now: datetime) -> Issued:
+    """A CA certificate issued by ``root``."""
+    key = _key()
+    cert = (
+        _builder(_name(cn), root.cert.subject, key, now, 1825)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_aki(root), critical=False)
+        .sign(root.key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def make_responder(cn: str, ca: Issued, now: datetime, *, ocsp_signing: bool = True) -> Issued:
+    """A delegated OCSP responder certificate issued by ``ca`` (RFC 6960 4.2.2.2)."""
+    key = _key()
+    builder = (
+        _builder(_name(cn), ca.cert.subject, key, now, 365)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_aki(ca), critical=False)
+    )
+    if ocsp_signing:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
+        ).add_extension(x509.OCSPNoCheck(), critical=False)
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def make_leaf(
+    names: list[str],
+    ca: Issued,
+    now: datetime,
+    *,
+    ocsp_url: str | None,
+    must_staple: bool = False,
+    days: int = 90,
+) -> Issued:
+    """A TLS server certificate for ``names`` (DNS names or IP addresses)."""
+    key = _key()
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    builder = (
+        _builder(_name(names[0]), ca.cert.subject, key, now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_aki(ca), critical=False)
+    )
+    if ocsp_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(ocsp_url),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    if must_staple:
+        builder = builder.add_extension(
+            x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
+        )
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def make_response(
+    leaf: x509.Certificate,
+    issuer: x509.Certificate,
+    signer: Issued,
+    *,
+    this_update: datetime,
+    next_update: datetime | None,
+    status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+    revocation_time: datetime | None = None,
+    revocation_reason: x509.ReasonFlags | None = None,
+    include_signer: bool = False,
+    by_key: bool = False,
+    extra_leaves: list[x509.Certificate] | None = None,
+    hash_algorithm: hashes.HashAlgorithm | None = None,
+) -> bytes:
+    """A DER OCSPResponse about ``leaf``, signed by ``signer``.
+
+    ``extra_leaves`` adds more SingleResponses (good, same issuer) after the first,
+    like a responder answering a multi-certificate request.
+    """
+    algorithm = hash_algorithm or hashes.SHA1()  # noqa: S303 - RFC 6960's common CertID hash
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=leaf,
+        issuer=issuer,
+        algorithm=algorithm,
+        cert_status=status,
+        this_update=this_update,
+        next_update=next_update,
+        revocation_time=revocation_time,
+        revocation_reason=revocation_reason,
+    )
+    for other in extra_leaves or []:
+        builder = builder.add_response(
+            cert=other,
+            issuer=issuer,
+            algorithm=algorithm,
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=None,
+            revocation_reason=None,
+        )
+    encoding = ocsp.OCSPResponderEncoding.HASH if by_key else ocsp.OCSPResponderEncoding.NAME
+    builder = builder.responder_id(encoding, signer.cert)
+    if include_signer:
+        builder = builder.certificates([signer.cert])
+    response = builder.sign(signer.key, hashes.SHA256())
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    """A DER OCSPResponse with a non-successful status (tryLater, internalError ...)."""
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def utcnow() -> datetime:
+    """The lab's clock (the verdict itself never reads one)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def write(path: Path, *parts: bytes) -> Path:
+    """Write concatenated PEM/DER parts to ``path`` (mode 0600 for keys is the caller's choice)."""
+    path.write_bytes(b"".join(parts))
+    return path

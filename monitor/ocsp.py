@@ -1,0 +1,528 @@
+"""The verdict: what a captured handshake says about the server's OCSP staple.
+
+Pure: no sockets and no clock of its own. ``evaluate(capture, trust, now=...)``
+walks the client-side acceptance steps of RFC 6960 section 3.2 in order and
+stops at the first one that fails, returning a frozen ``Verdict`` whose ``state``
+and ``reason`` come from closed enums. Facts gathered before the failing step
+stay in the verdict; facts after it are None ("not checked").
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    SignatureAlgorithmOID,
+)
+from cryptography.x509.verification import PolicyBuilder, VerificationError
+
+from monitor.probe import Capture
+from monitor.trust import Trust
+
+DEFAULT_SKEW = timedelta(minutes=5)
+DEFAULT_WARN_WITHIN = timedelta(hours=24)
+# RFC 6960 2.4: a response without nextUpdate means "newer information is always
+# available"; we accept such a staple for one day after its thisUpdate (the
+# lifetime mozilla::pkix gives it), then call it expired.
+NO_NEXT_UPDATE_MAX_AGE = timedelta(days=1)
+
+
+class State(enum.StrEnum):
+    """Overall state, in the Nagios plugin sense."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def exit_code(self) -> int:
+        """The Nagios plugin exit code for this state."""
+        return _EXIT_CODES[self]
+
+    @property
+    def severity(self) -> int:
+        """Rank for "worst first": critical > warning > unknown > ok."""
+        return _SEVERITY[self]
+
+
+_EXIT_CODES = {State.OK: 0, State.WARNING: 1, State.CRITICAL: 2, State.UNKNOWN: 3}
+_SEVERITY = {State.OK: 0, State.UNKNOWN: 1, State.WARNING: 2, State.CRITICAL: 3}
+
+
+class Reason(enum.StrEnum):
+    """Why the state is what it is. Values are metric label values; README documents each."""
+
+    OK = "ok"
+    NO_OCSP_URL = "no_ocsp_url"
+    NO_STAPLE = "no_staple"
+    MUST_STAPLE_VIOLATION = "must_staple_violation"
+    MALFORMED_STAPLE = "malformed_staple"
+    RESPONDER_ERROR = "responder_error"
+    CERT_ID_MISMATCH = "cert_id_mismatch"
+    UNAUTHORIZED_RESPONDER = "unauthorized_responder"
+    BAD_SIGNATURE = "bad_signature"
+    REVOKED = "revoked"
+    UNKNOWN_STATUS = "unknown_status"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    EXPIRING_SOON = "expiring_soon"
+    ISSUER_MISSING = "issuer_missing"
+    UNTRUSTED_CHAIN = "untrusted_chain"
+    TLS_ERROR = "tls_error"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    DNS_ERROR = "dns_error"
+
+    @property
+    def state(self) -> State:
+        """The state this reason puts a target in."""
+        return _REASON_STATE.get(self, State.CRITICAL)
+
+
+_REASON_STATE = {
+    Reason.OK: State.OK,
+    # Several CAs have stopped running OCSP: nothing to staple is not the server's fault.
+    Reason.NO_OCSP_URL: State.OK,
+    Reason.NO_STAPLE: State.WARNING,
+    Reason.EXPIRING_SOON: State.WARNING,
+    # We cannot judge the staple at all: say so rather than guess.
+    Reason.ISSUER_MISSING: State.UNKNOWN,
+    Reason.DNS_ERROR: State.UNKNOWN,
+}
+
+
+class ResponseStatus(enum.StrEnum):
+    """OCSPResponseStatus (RFC 6960 4.2.1), spelled as in the RFC."""
+
+    SUCCESSFUL = "successful"
+    MALFORMED_REQUEST = "malformedRequest"
+    INTERNAL_ERROR = "internalError"
+    TRY_LATER = "tryLater"
+    SIG_REQUIRED = "sigRequired"
+    UNAUTHORIZED = "unauthorized"
+
+
+_RESPONSE_STATUS = {
+    ocsp.OCSPResponseStatus.SUCCESSFUL: ResponseStatus.SUCCESSFUL,
+    ocsp.OCSPResponseStatus.MALFORMED_REQUEST: ResponseStatus.MALFORMED_REQUEST,
+    ocsp.OCSPResponseStatus.INTERNAL_ERROR: ResponseStatus.INTERNAL_ERROR,
+    ocsp.OCSPResponseStatus.TRY_LATER: ResponseStatus.TRY_LATER,
+    ocsp.OCSPResponseStatus.SIG_REQUIRED: ResponseStatus.SIG_REQUIRED,
+    ocsp.OCSPResponseStatus.UNAUTHORIZED: ResponseStatus.UNAUTHORIZED,
+}
+
+
+class CertStatus(enum.StrEnum):
+    """certStatus of the SingleResponse for the leaf."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+_CERT_STATUS = {
+    ocsp.OCSPCertStatus.GOOD: CertStatus.GOOD,
+    ocsp.OCSPCertStatus.REVOKED: CertStatus.REVOKED,
+    ocsp.OCSPCertStatus.UNKNOWN: CertStatus.UNKNOWN,
+}
+
+
+class Signer(enum.StrEnum):
+    """Who signed the response."""
+
+    ISSUER = "issuer"  # the CA that issued the leaf
+    DELEGATED = "delegated"  # a responder certificate carried in the response
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement on one handshake.
+
+    Every Optional field is None when the step that would fill it was not reached
+    (an earlier step failed) or does not apply (no staple, no nextUpdate). Staple
+    facts (cert_status, times) are what the staple *claims*; they are trustworthy
+    only when ``signature_valid`` is True.
+    """
+
+    state: State
+    reason: Reason
+    detail: str
+    leaf_subject: str | None = None
+    leaf_serial: str | None = None  # hex, as openssl prints it
+    leaf_not_after: datetime | None = None
+    must_staple: bool | None = None
+    ocsp_urls: tuple[str, ...] = ()
+    issuer_subject: str | None = None
+    chain_trusted: bool | None = None
+    staple_present: bool | None = None
+    staple_bytes: int | None = None
+    response_status: ResponseStatus | None = None
+    single_responses: int | None = None
+    cert_id_match: bool | None = None
+    responder_id: str | None = None
+    signer: Signer | None = None
+    signer_subject: str | None = None
+    signature_valid: bool | None = None
+    cert_status: CertStatus | None = None
+    revocation_time: datetime | None = None
+    revocation_reason: str | None = None
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    produced_at: datetime | None = None
+    fresh: bool | None = None
+    seconds_to_next_update: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (ISO 8601 times, enum values as strings)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def failure(reason: Reason, detail: str) -> Verdict:
+    """A verdict for a probe that never produced a handshake (DNS, connect, TLS)."""
+    return Verdict(state=reason.state, reason=reason, detail=detail)
+
+
+class _Walk:
+    """Facts gathered so far; ``stop`` freezes them into a Verdict."""
+
+    def __init__(self) -> None:
+        self.facts: dict[str, Any] = {}
+
+    def stop(self, reason: Reason, detail: str) -> Verdict:
+        return Verdict(state=reason.state, reason=reason, detail=detail, **self.facts)
+
+
+def evaluate(
+    capture: Capture,
+    trust: Trust,
+    *,
+    now: datetime,
+    skew: timedelta = DEFAULT_SKEW,
+    warn_within: timedelta = DEFAULT_WARN_WITHIN,
+) -> Verdict:
+    """Judge one capture at time ``now`` (timezone-aware, UTC)."""
+    if capture.error is not None:
+        return failure(Reason(capture.error.value), capture.error_detail)
+    walk = _Walk()
+    f = walk.facts
+    if not capture.chain:
+        return walk.stop(Reason.TLS_ERROR, "the server sent no certificate")
+    leaf = capture.chain[0]
+    f["leaf_subject"] = leaf.subject.rfc4514_string()
+    f["leaf_serial"] = format(leaf.serial_number, "X")
+    f["leaf_not_after"] = leaf.not_valid_after_utc
+    try:
+        f["must_staple"] = _must_staple(leaf)
+        f["ocsp_urls"] = _ocsp_urls(leaf)
+    except ValueError as exc:
+        return walk.stop(Reason.UNTRUSTED_CHAIN, f"the leaf's extensions cannot be parsed: {exc}")
+
+    # Who issued the leaf, proven by a verified path to a trust anchor. Without it
+    # neither the CertID nor the signature can be checked (RFC 6960 3.2 steps 1-3).
+    issuer, chain_error = _verified_issuer(capture, trust, now)
+    if issuer is None:
+        f["chain_trusted"] = False
+        named = [c for c in capture.chain[1:] if c.subject == leaf.issuer]
+        if not named and not trust.anchors_named(leaf.issuer):
+            return walk.stop(
+                Reason.ISSUER_MISSING,
+                f"the server did not send the issuer certificate ({leaf.issuer.rfc4514_string()})"
+                " and the trust store does not hold it; the staple cannot be checked",
+            )
+        return walk.stop(Reason.UNTRUSTED_CHAIN, f"chain does not verify: {chain_error}")
+    f["chain_trusted"] = True
+    f["issuer_subject"] = issuer.subject.rfc4514_string()
+
+    f["staple_present"] = capture.staple is not None
+    if capture.staple is None:
+        if f["must_staple"]:
+            # RFC 7633: a Must-Staple certificate served without a staple is a hard
+            # failure in clients that enforce it.
+            return walk.stop(
+                Reason.MUST_STAPLE_VIOLATION,
+                "the certificate requires stapling (TLS Feature status_request) but the"
+                " server sent no staple",
+            )
+        if not f["ocsp_urls"]:
+            return walk.stop(
+                Reason.NO_OCSP_URL,
+                "the certificate names no OCSP responder, so there is nothing to staple",
+            )
+        return walk.stop(Reason.NO_STAPLE, "the server sent no OCSP staple")
+    f["staple_bytes"] = len(capture.staple)
+
+    try:
+        response = ocsp.load_der_ocsp_response(capture.staple)
+    except ValueError as exc:
+        return walk.stop(Reason.MALFORMED_STAPLE, f"the staple is not a DER OCSPResponse: {exc}")
+    status = _RESPONSE_STATUS[response.response_status]
+    f["response_status"] = status
+    if status is not ResponseStatus.SUCCESSFUL:
+        return walk.stop(
+            Reason.RESPONDER_ERROR,
+            f"the stapled response has status {status.value} and carries no certificate status",
+        )
+    try:
+        singles = list(response.responses)
+        f["responder_id"] = _responder_id(response)
+        f["produced_at"] = response.produced_at_utc
+    except ValueError as exc:
+        return walk.stop(Reason.MALFORMED_STAPLE, f"the stapled response cannot be read: {exc}")
+    f["single_responses"] = len(singles)
+
+    # RFC 6960 3.2 step 1: the certificate identified in the response is the leaf.
+    single = _single_for(leaf, issuer, singles)
+    if single is None:
+        f["cert_id_match"] = False
+        serials = ", ".join(sorted({format(s.serial_number, "X") for s in singles})) or "none"
+        return walk.stop(
+            Reason.CERT_ID_MISMATCH,
+            f"the staple is not about this certificate (serial {f['leaf_serial']} from"
+            f" {f['issuer_subject']}); it covers serial(s) {serials}",
+        )
+    f["cert_id_match"] = True
+    f["cert_status"] = _CERT_STATUS[single.certificate_status]
+    f["this_update"] = single.this_update_utc
+    f["next_update"] = single.next_update_utc
+    if f["cert_status"] is CertStatus.REVOKED:
+        f["revocation_time"] = single.revocation_time_utc
+        reason = single.revocation_reason
+        f["revocation_reason"] = reason.value if reason is not None else None
+
+    # RFC 6960 3.2 steps 3 and 4.2.2.2: the signer is the issuer or a responder it authorised.
+    signer, signer_problem = _authorised_signer(response, issuer, now)
+    if signer is None:
+        return walk.stop(Reason.UNAUTHORIZED_RESPONDER, signer_problem)
+    f["signer"] = Signer.ISSUER if signer is issuer else Signer.DELEGATED
+    f["signer_subject"] = signer.subject.rfc4514_string()
+
+    # RFC 6960 3.2 step 2: the signature on the response is valid.
+    f["signature_valid"] = _signature_ok(response, signer)
+    if not f["signature_valid"]:
+        return walk.stop(
+            Reason.BAD_SIGNATURE,
+            f"the response's signature does not verify with the key of {f['signer_subject']}",
+        )
+
+    this_update: datetime = f["this_update"]
+    next_update: datetime | None = f["next_update"]
+    # RFC 6960 3.2 steps 4 and 5: thisUpdate recent enough, nextUpdate in the future.
+    not_yet = this_update > now + skew
+    if next_update is not None:
+        expired = now >= next_update
+        f["seconds_to_next_update"] = (next_update - now).total_seconds()
+    else:
+        expired = now - this_update > NO_NEXT_UPDATE_MAX_AGE
+    f["fresh"] = not not_yet and not expired
+
+    if f["cert_status"] is CertStatus.REVOKED:
+        when = f["revocation_time"].isoformat()
+        why = f"; reason {f['revocation_reason']}" if f["revocation_reason"] else ""
+        return walk.stop(
+            Reason.REVOKED, f"the staple says the certificate was revoked at {when}{why}"
+        )
+    if f["cert_status"] is CertStatus.UNKNOWN:
+        return walk.stop(Reason.UNKNOWN_STATUS, "the responder does not know this certificate")
+    if not_yet:
+        return walk.stop(
+            Reason.NOT_YET_VALID,
+            f"thisUpdate {this_update.isoformat()} is later than now plus the allowed skew"
+            f" of {skew.total_seconds():g}s",
+        )
+    if expired:
+        if next_update is None:
+            return walk.stop(
+                Reason.EXPIRED,
+                f"no nextUpdate and thisUpdate {this_update.isoformat()} is older than"
+                f" {NO_NEXT_UPDATE_MAX_AGE}",
+            )
+        return walk.stop(Reason.EXPIRED, f"nextUpdate {next_update.isoformat()} has passed")
+    if next_update is not None and next_update - now < warn_within:
+        return walk.stop(
+            Reason.EXPIRING_SOON,
+            f"nextUpdate {next_update.isoformat()} is within {warn_within}: the server has not"
+            " fetched a fresh response",
+        )
+    return walk.stop(Reason.OK, "a fresh, correctly signed 'good' staple for this certificate")
+
+
+def staple_expected(leaf: x509.Certificate) -> bool:
+    """Whether a server could staple for ``leaf``: it names a responder or demands a staple."""
+    try:
+        return _must_staple(leaf) or bool(_ocsp_urls(leaf))
+    except ValueError:
+        return False
+
+
+def _must_staple(leaf: x509.Certificate) -> bool:
+    try:
+        ext = leaf.extensions.get_extension_for_class(x509.TLSFeature)
+    except x509.ExtensionNotFound:
+        return False
+    return x509.TLSFeatureType.status_request in ext.value
+
+
+def _ocsp_urls(leaf: x509.Certificate) -> tuple[str, ...]:
+    try:
+        aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(
+        str(d.access_location.value)
+        for d in aia.value
+        if d.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    )
+
+
+def _verification_subject(capture: Capture) -> x509.verification.Subject:
+    name = capture.server_name or capture.address
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _verified_issuer(
+    capture: Capture, trust: Trust, now: datetime
+) -> tuple[x509.Certificate | None, str]:
+    """The leaf's issuer on a path verified to a trust anchor, or None and why not."""
+    leaf, intermediates = capture.chain[0], list(capture.chain[1:])
+    try:
+        verifier = (
+            PolicyBuilder()
+            .store(trust.store)
+            .time(now)
+            .build_server_verifier(_verification_subject(capture))
+        )
+        path = verifier.verify(leaf, intermediates)
+    except (VerificationError, ValueError) as exc:
+        return None, str(exc)
+    # A leaf that is itself an anchor is its own issuer.
+    return (path[1] if len(path) > 1 else path[0]), ""
+
+
+def _key_hash(cert: x509.Certificate) -> bytes:
+    # RFC 6960 4.2.1 KeyHash: SHA-1 of the subjectPublicKey BIT STRING value, which is
+    # exactly RFC 5280 4.2.1.2 method (1) for a key identifier.
+    return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _responder_id(response: ocsp.OCSPResponse) -> str:
+    if response.responder_name is not None:
+        return response.responder_name.rfc4514_string()
+    key_hash = response.responder_key_hash or b""
+    return "key:" + key_hash.hex()
+
+
+def _single_for(
+    leaf: x509.Certificate, issuer: x509.Certificate, singles: list[ocsp.OCSPSingleResponse]
+) -> ocsp.OCSPSingleResponse | None:
+    """The SingleResponse whose CertID names the leaf, hashed as the response says."""
+    expected: dict[str, tuple[bytes, bytes]] = {}
+    for single in singles:
+        if single.serial_number != leaf.serial_number:
+            continue
+        try:
+            algorithm = single.hash_algorithm
+            if algorithm.name not in expected:
+                request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, algorithm).build()
+                expected[algorithm.name] = (request.issuer_name_hash, request.issuer_key_hash)
+        except (UnsupportedAlgorithm, ValueError):
+            continue
+        if (single.issuer_name_hash, single.issuer_key_hash) == expected[algorithm.name]:
+            return single
+    return None
+
+
+def _names_signer(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
+    if response.responder_name is not None:
+        return response.responder_name == cert.subject
+    return response.responder_key_hash == _key_hash(cert)
+
+
+def _authorised_signer(
+    response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
+) -> tuple[x509.Certificate | None, str]:
+    if _names_signer(response, issuer):
+        return issuer, ""
+    candidates = [c for c in response.certificates if _names_signer(response, c)]
+    if not candidates:
+        return None, (
+            f"the response was signed by {_responder_id(response)}, which is neither the"
+            " issuer nor a responder certificate included in the response"
+        )
+    problems = []
+    for cand in candidates:
+        # RFC 6960 4.2.2.2: issued directly by the CA, with id-kp-OCSPSigning, valid now.
+        who = cand.subject.rfc4514_string()
+        try:
+            cand.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            problems.append(f"responder certificate {who} was not issued by the leaf's issuer")
+            continue
+        try:
+            eku = cand.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            has_eku = ExtendedKeyUsageOID.OCSP_SIGNING in eku
+        except (x509.ExtensionNotFound, ValueError):
+            has_eku = False
+        if not has_eku:
+            problems.append(f"responder certificate {who} lacks the id-kp-OCSPSigning key usage")
+            continue
+        if not cand.not_valid_before_utc <= now <= cand.not_valid_after_utc:
+            problems.append(
+                f"responder certificate {who} is not valid now (valid"
+                f" {cand.not_valid_before_utc.isoformat()} to"
+                f" {cand.not_valid_after_utc.isoformat()})"
+            )
+            continue
+        return cand, ""
+    return None, "; ".join(problems)
+
+
+def _signature_ok(response: ocsp.OCSPResponse, signer: x509.Certificate) -> bool:
+    key = signer.public_key()
+    data, sig = response.tbs_response_bytes, response.signature
+    try:
+        algorithm = response.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(algorithm, hashes.HashAlgorithm):
+            if response.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+                pad: padding.AsymmetricPadding = padding.PSS(
+                    padding.MGF1(algorithm), padding.PSS.AUTO
+                )
+            else:
+                pad = padding.PKCS1v15()
+            key.verify(sig, data, pad, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
+            algorithm, hashes.HashAlgorithm
+        ):
+            key.verify(sig, data, ec.ECDSA(algorithm))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(sig, data)
+        elif isinstance(key, dsa.DSAPublicKey) and isinstance(algorithm, hashes.HashAlgorithm):
+            key.verify(sig, data, algorithm)
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True

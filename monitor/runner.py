@@ -1,0 +1,188 @@
+"""One check of one target: resolve, probe every address, retry a missing staple, judge.
+
+Shared by ``staple-monitor check``, the daemon's scheduler and ``/probe`` so that
+all three reach the same verdict for the same server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from monitor import ocsp
+from monitor.ocsp import Reason, Verdict
+from monitor.probe import Capture, TLSVersion, probe
+from monitor.trust import Trust
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """What to check and how; a target from the command line or the config."""
+
+    host: str
+    port: int = 443
+    server_name: str | None = None  # None: the host, unless it is an IP literal
+    addresses: tuple[str, ...] = ()  # pinned addresses; empty: resolve host (A and AAAA)
+    tls_version: TLSVersion = TLSVersion.ANY
+    timeout: timedelta = timedelta(seconds=10)
+    warn_within: timedelta = ocsp.DEFAULT_WARN_WITHIN
+    skew: timedelta = ocsp.DEFAULT_SKEW
+    retry_no_staple: timedelta = timedelta(seconds=2)  # 0 disables the retry
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as configured (IPv6 literals in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def sni(self) -> str | None:
+        """The name sent as SNI and checked against the certificate."""
+        if self.server_name:
+            return self.server_name
+        return None if _is_ip(self.host) else self.host
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome for one (target, address)."""
+
+    target: str
+    address: str | None  # None when resolution failed
+    server_name: str | None
+    verdict: Verdict
+    started_at: datetime
+    duration_seconds: float
+    retried: bool = False
+    protocol: str | None = None
+    cipher: str | None = None
+    connect_seconds: float | None = None
+    handshake_seconds: float | None = None
+    log: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ResolveError(Exception):
+    """The host name did not resolve; the message says why."""
+
+
+def resolve(host: str, port: int) -> tuple[str, ...]:
+    """Every distinct address ``host`` resolves to (A and AAAA), in resolver order."""
+    if _is_ip(host):
+        return (host,)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ResolveError(f"cannot resolve {host}: {exc}") from None
+    seen: dict[str, None] = {}
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        seen.setdefault(str(sockaddr[0]), None)
+    if not seen:
+        raise ResolveError(f"cannot resolve {host}: no addresses")
+    return tuple(seen)
+
+
+def check_address(
+    spec: CheckSpec,
+    address: str,
+    trust: Trust,
+    *,
+    clock: Clock,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Result:
+    """Probe one address and judge it, retrying once when a staple is expected but absent.
+
+    nginx fetches its staple lazily: the first handshake after a start or reload
+    carries none, so one retry after ``spec.retry_no_staple`` avoids a false alarm.
+    """
+    started_at = clock()
+    t0 = time.monotonic()
+    log = [f"probing {spec.target} at {address} (SNI {spec.sni or '-'})"]
+    capture = _probe(spec, address)
+    log.append(_describe(capture))
+    retried = False
+    if _expects_staple(capture) and spec.retry_no_staple > timedelta(0):
+        retried = True
+        log.append(f"no staple; retrying once after {spec.retry_no_staple.total_seconds():g}s")
+        sleep(spec.retry_no_staple.total_seconds())
+        capture = _probe(spec, address)
+        log.append(_describe(capture))
+    verdict = ocsp.evaluate(
+        capture, trust, now=clock(), skew=spec.skew, warn_within=spec.warn_within
+    )
+    log.append(f"verdict: {verdict.state.value} ({verdict.reason.value}): {verdict.detail}")
+    return Result(
+        target=spec.target,
+        address=address,
+        server_name=spec.sni,
+        verdict=verdict,
+        started_at=started_at,
+        duration_seconds=time.monotonic() - t0,
+        retried=retried,
+        protocol=capture.protocol,
+        cipher=capture.cipher,
+        connect_seconds=capture.connect_seconds,
+        handshake_seconds=capture.handshake_seconds,
+        log=tuple(log),
+    )
+
+
+def check(spec: CheckSpec, trust: Trust, *, clock: Clock) -> list[Result]:
+    """Check every address of ``spec``: one Result each (one for a DNS failure)."""
+    addresses = spec.addresses
+    if not addresses:
+        try:
+            addresses = resolve(spec.host, spec.port)
+        except ResolveError as exc:
+            return [
+                Result(
+                    target=spec.target,
+                    address=None,
+                    server_name=spec.sni,
+                    verdict=ocsp.failure(Reason.DNS_ERROR, str(exc)),
+                    started_at=clock(),
+                    duration_seconds=0.0,
+                    log=(str(exc),),
+                )
+            ]
+    return [check_address(spec, a, trust, clock=clock) for a in addresses]
+
+
+def _probe(spec: CheckSpec, address: str) -> Capture:
+    return probe(
+        address,
+        spec.port,
+        spec.sni,
+        timeout=spec.timeout.total_seconds(),
+        tls_version=spec.tls_version,
+    )
+
+
+def _expects_staple(capture: Capture) -> bool:
+    """A handshake that worked but brought no staple for a certificate that could have one."""
+    if capture.error is not None or capture.staple is not None or not capture.chain:
+        return False
+    return ocsp.staple_expected(capture.chain[0])
+
+
+def _describe(capture: Capture) -> str:
+    if capture.error is not None:
+        return f"probe failed: {capture.error.value}: {capture.error_detail}"
+    staple = f"{len(capture.staple)} byte staple" if capture.staple is not None else "no staple"
+    return (
+        f"handshake {capture.protocol} {capture.cipher}, {len(capture.chain)} certificate(s),"
+        f" {staple}"
+    )
