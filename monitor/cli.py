@@ -66,9 +66,17 @@ def _add_check(sub: argparse._SubParsersAction[_Parser]) -> None:
         description=(
             "Probe HOST[:PORT] (default port 443) with a TLS handshake that asks for a stapled"
             " OCSP response, and judge the staple. Every address the name resolves to (A and"
-            " AAAA) is probed unless --address is given. Exit status: 0 OK, 1 WARNING,"
-            " 2 CRITICAL, 3 UNKNOWN."
+            " AAAA) is probed unless --address is given."
         ),
+        epilog=(
+            "exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the Nagios plugin convention;\n"
+            "with several addresses, the worst one counts)\n\n"
+            "examples:\n"
+            "  staple-monitor check www.example.com\n"
+            "  staple-monitor check www.example.com:8443 --address 192.0.2.10 --json\n"
+            "  staple-monitor check 10.1.2.3:443 --servername intranet.corp --ca-file corp-root.pem"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.usage_exit = UNKNOWN_EXIT
     p.add_argument("target", metavar="HOST[:PORT]")

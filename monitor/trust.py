@@ -6,10 +6,12 @@ Loaded once (at start-up or reload), never per probe.
 from __future__ import annotations
 
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import Store
 
 # Where Debian, Fedora/RHEL and Alpine keep the system bundle, for Pythons whose
@@ -58,7 +60,11 @@ def load_trust(ca_file: str | None = None) -> Trust:
     except OSError as exc:
         raise TrustError(f"{path}: cannot read CA file: {exc.strerror or exc}") from None
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        with warnings.catch_warnings():
+            # Some system bundles hold old roots with negative serials; cryptography
+            # warns about each on every load, which tells an operator nothing.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise TrustError(f"{path}: not a PEM file of certificates ({exc})") from None
     if not certs:

@@ -289,3 +289,32 @@ class Nginx:
 
     def error_log(self) -> str:
         return (self.dir / "error.log").read_text()
+
+
+def openssl_response(lab: PKI, index: Path, leaves: list[str], signer: str = "inter") -> bytes:
+    """Ask `openssl ocsp` (request and responder sides) about several leaves at once.
+
+    ``index`` is an openssl CA index (see Responder.write_index); ``signer`` is
+    "inter" (the CA signs) or "responder" (the delegated responder signs).
+    """
+    openssl = need_binary("openssl")
+    work = index.parent
+    request, response = work / "multi-req.der", work / "multi-resp.der"
+    cert_args = [a for name in leaves for a in ("-cert", str(lab.path(f"{name}-only.pem")))]
+    subprocess.run(
+        [openssl, "ocsp", "-issuer", str(lab.path("inter.pem")), *cert_args,
+         "-no_nonce", "-reqout", str(request)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    if signer == "inter":
+        pki.write(work / "inter.key", lab.inter.key_pem())
+        rsigner, rkey = lab.path("inter.pem"), work / "inter.key"
+    else:
+        rsigner, rkey = lab.path("responder.pem"), lab.path("responder.key")
+    subprocess.run(
+        [openssl, "ocsp", "-index", str(index), "-CA", str(lab.path("inter.pem")),
+         "-rsigner", str(rsigner), "-rkey", str(rkey), "-ndays", "7",
+         "-reqin", str(request), "-respout", str(response)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return response.read_bytes()

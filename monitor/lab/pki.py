@@ -13,12 +13,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 DAY = timedelta(days=1)
-Key = ec.EllipticCurvePrivateKey
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,17 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _key() -> Key:
+def _key(kind: str = "ec") -> Key:
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def _hash(key: Key) -> hashes.SHA256 | None:
+    # Ed25519 signs the message itself: cryptography wants no hash for it.
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
 def _builder(
@@ -67,14 +76,14 @@ def _builder(
     )
 
 
-def make_root(cn: str, now: datetime) -> Issued:
-    """A self-signed root CA."""
-    key = _key()
+def make_root(cn: str, now: datetime, *, key_type: str = "ec") -> Issued:
+    """A self-signed root CA (``key_type`` ec, rsa or ed25519)."""
+    key = _key(key_type)
     cert = (
         _builder(_name(cn), _name(cn), key, now, 3650)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
-        .sign(key, hashes.SHA256())
+        .sign(key, _hash(key))
     )
     return Issued(cert, key)
 
@@ -97,22 +106,24 @@ def _aki(issuer: Issued) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
 
 
-def make_intermediate(cn: str, root: Issued, now: datetime) -> Issued:
+def make_intermediate(cn: str, root: Issued, now: datetime, *, key_type: str = "ec") -> Issued:
     """A CA certificate issued by ``root``."""
-    key = _key()
+    key = _key(key_type)
     cert = (
         _builder(_name(cn), root.cert.subject, key, now, 1825)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(_aki(root), critical=False)
-        .sign(root.key, hashes.SHA256())
+        .sign(root.key, _hash(root.key))
     )
     return Issued(cert, key)
 
 
-def make_responder(cn: str, ca: Issued, now: datetime, *, ocsp_signing: bool = True) -> Issued:
+def make_responder(
+    cn: str, ca: Issued, now: datetime, *, ocsp_signing: bool = True, key_type: str = "ec"
+) -> Issued:
     """A delegated OCSP responder certificate issued by ``ca`` (RFC 6960 4.2.2.2)."""
-    key = _key()
+    key = _key(key_type)
     builder = (
         _builder(_name(cn), ca.cert.subject, key, now, 365)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -122,7 +133,7 @@ def make_responder(cn: str, ca: Issued, now: datetime, *, ocsp_signing: bool = T
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
         ).add_extension(x509.OCSPNoCheck(), critical=False)
-    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    return Issued(builder.sign(ca.key, _hash(ca.key)), key)
 
 
 def make_leaf(
@@ -165,7 +176,7 @@ def make_leaf(
         builder = builder.add_extension(
             x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
         )
-    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    return Issued(builder.sign(ca.key, _hash(ca.key)), key)
 
 
 def make_response(
@@ -180,13 +191,12 @@ def make_response(
     revocation_reason: x509.ReasonFlags | None = None,
     include_signer: bool = False,
     by_key: bool = False,
-    extra_leaves: list[x509.Certificate] | None = None,
     hash_algorithm: hashes.HashAlgorithm | None = None,
 ) -> bytes:
     """A DER OCSPResponse about ``leaf``, signed by ``signer``.
 
-    ``extra_leaves`` adds more SingleResponses (good, same issuer) after the first,
-    like a responder answering a multi-certificate request.
+    cryptography's builder makes one SingleResponse per response; the tests make
+    multi-certificate responses with ``openssl ocsp`` instead.
     """
     algorithm = hash_algorithm or hashes.SHA1()  # noqa: S303 - RFC 6960's common CertID hash
     builder = ocsp.OCSPResponseBuilder().add_response(
@@ -199,22 +209,11 @@ def make_response(
         revocation_time=revocation_time,
         revocation_reason=revocation_reason,
     )
-    for other in extra_leaves or []:
-        builder = builder.add_response(
-            cert=other,
-            issuer=issuer,
-            algorithm=algorithm,
-            cert_status=ocsp.OCSPCertStatus.GOOD,
-            this_update=this_update,
-            next_update=next_update,
-            revocation_time=None,
-            revocation_reason=None,
-        )
     encoding = ocsp.OCSPResponderEncoding.HASH if by_key else ocsp.OCSPResponderEncoding.NAME
     builder = builder.responder_id(encoding, signer.cert)
     if include_signer:
         builder = builder.certificates([signer.cert])
-    response = builder.sign(signer.key, hashes.SHA256())
+    response = builder.sign(signer.key, _hash(signer.key))
     return response.public_bytes(serialization.Encoding.DER)
 
 
