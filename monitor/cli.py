@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import re
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from monitor import __version__
+from monitor import __version__, logs
+from monitor.config import Config, ConfigError, load_config
+from monitor.daemon import Daemon, ProbeOptions
 from monitor.durations import parse_duration
+from monitor.http import App, parse_listen_address, serve
 from monitor.ocsp import DEFAULT_SKEW, DEFAULT_WARN_WITHIN, State
 from monitor.probe import TLSVersion
 from monitor.report import render_json, render_text, worst_state
-from monitor.runner import CheckSpec, check
+from monitor.runner import CheckSpec, check, parse_target
 from monitor.trust import TrustError, load_trust
 
 # Nagios plugin convention: a check that cannot run (bad usage) is UNKNOWN.
@@ -34,29 +39,6 @@ def _duration(text: str) -> timedelta:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
-
-
-def parse_target(text: str, default_port: int = 443) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError says what is wrong."""
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"target {text!r} contains spaces or control characters")
-    m = _HOSTPORT.match(text)
-    if not m:
-        if text.count(":") > 1 and not text.startswith("["):
-            raise ValueError(f"IPv6 address must be in brackets, like [{text}]:443")
-        raise ValueError(f"expected HOST[:PORT] or [IPv6]:PORT, got {text!r}")
-    host = m.group("v6") or m.group("host") or ""
-    if len(host) > 253:
-        raise ValueError(f"host name is longer than 253 characters ({len(host)})")
-    port_text = m.group("port")
-    if port_text is None:
-        return host, default_port
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be an integer 1-65535, got {port_text!r}")
-    return host, int(port_text)
 
 
 def _add_check(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -171,12 +153,210 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return worst_state(results).exit_code
 
 
+DEFAULT_LISTEN = ":9851"
+
+
+def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the daemon: probe the configured targets on schedule, serve metrics",
+        description=(
+            "Probe every target of the configuration file on its interval and serve the"
+            " results as Prometheus metrics. SIGHUP or POST /-/reload re-reads the file;"
+            " an invalid file is rejected and the running configuration kept."
+        ),
+        epilog=(
+            "endpoints: /metrics, /probe?target=HOST:PORT[&server_name=NAME][&debug=true],\n"
+            "           /healthz, /-/reload (POST), / (status page)\n"
+            "exit status: 0 after a clean shutdown, 2 for an invalid configuration or usage"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(p)
+    p.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="only check the configuration file and exit (0 valid, 2 invalid)",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to serve HTTP (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--web.probe-any-target",
+        dest="probe_any",
+        action="store_true",
+        help="let /probe probe targets that are not in the configuration (this lets"
+        " anyone who reaches the endpoint open TLS connections to any host)",
+    )
+    p.add_argument(
+        "--web.probe-concurrency",
+        dest="probe_concurrency",
+        type=int,
+        default=10,
+        metavar="N",
+        help="at most N /probe requests at once; more get 503 (default 10)",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=["debug", "info", "warn", "error"],
+        default="info",
+        help="default info: one line per state change",
+    )
+    p.add_argument("--log.format", dest="log_format", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_run)
+    v = sub.add_parser("validate", help="check a configuration file and exit (0 valid, 2 invalid)")
+    _config_args(v)
+    v.set_defaults(func=_cmd_validate)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        required=True,
+        metavar="FILE",
+        help="the YAML configuration (see README: Configuration)",
+    )
+
+
+def _load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(
+            f"staple-monitor: invalid configuration ({len(exc.problems)} problem(s)):",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config_file)
+    if config is None:
+        return 2
+    print(f"{config.source}: valid, {len(config.targets)} targets")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.config_check:
+        return _cmd_validate(args)
+    if args.probe_concurrency < 1:
+        print("staple-monitor: --web.probe-concurrency must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        parse_listen_address(args.listen)
+    except ValueError as exc:
+        print(f"staple-monitor: --web.listen-address: {exc}", file=sys.stderr)
+        return 2
+    if _load_or_report(args.config_file) is None:
+        return 2
+    logs.setup(args.log_level, args.log_format)
+    options = ProbeOptions(allow_any_target=args.probe_any, concurrency=args.probe_concurrency)
+    try:
+        daemon = Daemon(args.config_file, probe_options=options)
+    except ConfigError as exc:  # the file changed between the check and now
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    return run_daemon(daemon, args.listen)
+
+
+def run_daemon(daemon: Daemon, listen: str, ready: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status."""
+    try:
+        server = serve(App(daemon), listen)
+    except OSError as exc:
+        print(f"staple-monitor: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    daemon.start()
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    host, port = str(server.server_address[0]), server.server_address[1]
+    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    logging.getLogger("staple_monitor").info("listening on %s", url)
+    if ready:
+        ready(url)
+    while not stop.is_set():
+        if hup.wait(0.2):
+            hup.clear()
+            daemon.reload()
+    logging.getLogger("staple_monitor").info("shutting down")
+    server.shutdown()
+    server.server_close()
+    daemon.shutdown()
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="start a small lab on 127.0.0.1 and run the daemon against it",
+        description=(
+            "Start a throwaway CA, an OCSP responder and five TLS servers on 127.0.0.1 (good,"
+            " expiring, expired, revoked and missing staples), then run the daemon against"
+            " them. Needs no configuration and no network. Ctrl-C stops everything."
+        ),
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default="127.0.0.1:9851",
+        metavar="HOST:PORT",
+        help="where to serve HTTP (default 127.0.0.1:9851)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_duration,
+        default=timedelta(seconds=15),
+        metavar="DURATION",
+        help="how often each lab server is probed (default 15s)",
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.durations import format_duration
+    from monitor.lab.demo import SCENARIOS, start_lab
+
+    logs.setup("info", "text")
+    lab = start_lab(interval=format_duration(args.interval))
+    try:
+        daemon = Daemon(str(lab.config_file))
+
+        def ready(url: str) -> None:
+            print(f"staple-monitor demo: lab in {lab.dir}", flush=True)
+            for name, text in SCENARIOS.items():
+                port = lab.servers[name].port
+                print(f"  {name:<9} {name}.demo.test:{port} on 127.0.0.1: {text}", flush=True)
+            print(f"  responder {lab.responder.url}", flush=True)
+            print(f"status page: {url}\nmetrics:     {url}metrics\nCtrl-C to stop.", flush=True)
+
+        return run_daemon(daemon, args.listen, ready)
+    finally:
+        lab.stop()
+
+
 def build_parser() -> _Parser:
     """The full argument parser (exposed for --help tests and docs)."""
     parser = _Parser(prog="staple-monitor", description="Watch OCSP stapling on TLS servers.")
     parser.add_argument("--version", action="version", version=f"staple-monitor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_check(sub)
+    _add_run(sub)
+    _add_demo(sub)
     return parser
 
 

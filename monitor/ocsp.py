@@ -27,6 +27,7 @@ from cryptography.x509.oid import (
 )
 from cryptography.x509.verification import PolicyBuilder, VerificationError
 
+from monitor.durations import format_duration
 from monitor.probe import Capture
 from monitor.trust import Trust
 
@@ -347,21 +348,21 @@ def evaluate(
         return walk.stop(
             Reason.NOT_YET_VALID,
             f"thisUpdate {this_update.isoformat()} is later than now plus the allowed skew"
-            f" of {skew.total_seconds():g}s",
+            f" of {format_duration(skew)}",
         )
     if expired:
         if next_update is None:
             return walk.stop(
                 Reason.EXPIRED,
                 f"no nextUpdate and thisUpdate {this_update.isoformat()} is older than"
-                f" {NO_NEXT_UPDATE_MAX_AGE}",
+                f" {format_duration(NO_NEXT_UPDATE_MAX_AGE)}",
             )
         return walk.stop(Reason.EXPIRED, f"nextUpdate {next_update.isoformat()} has passed")
     if next_update is not None and next_update - now < warn_within:
         return walk.stop(
             Reason.EXPIRING_SOON,
-            f"nextUpdate {next_update.isoformat()} is within {warn_within}: the server has not"
-            " fetched a fresh response",
+            f"nextUpdate {next_update.isoformat()} is within {format_duration(warn_within)}:"
+            " the server has not fetched a fresh response",
         )
     return walk.stop(Reason.OK, "a fresh, correctly signed 'good' staple for this certificate")
 

@@ -7,6 +7,7 @@ all three reach the same verdict for the same server.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class CheckSpec:
     port: int = 443
     server_name: str | None = None  # None: the host, unless it is an IP literal
     addresses: tuple[str, ...] = ()  # pinned addresses; empty: resolve host (A and AAAA)
+    family: str = "all"  # which resolved addresses to probe: all, ipv4 or ipv6
     tls_version: TLSVersion = TLSVersion.ANY
     timeout: timedelta = timedelta(seconds=10)
     warn_within: timedelta = ocsp.DEFAULT_WARN_WITHIN
@@ -75,16 +77,42 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
+
+
+def parse_target(text: str, default_port: int = 443) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError says what is wrong."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"target {text!r} contains spaces or control characters")
+    m = _HOSTPORT.match(text)
+    if not m:
+        if text.count(":") > 1 and not text.startswith("["):
+            raise ValueError(f"IPv6 address must be in brackets, like [{text}]:443")
+        raise ValueError(f"expected HOST[:PORT] or [IPv6]:PORT, got {text!r}")
+    host = m.group("v6") or m.group("host") or ""
+    if len(host) > 253:
+        raise ValueError(f"host name is longer than 253 characters ({len(host)})")
+    port_text = m.group("port")
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be an integer 1-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
 class ResolveError(Exception):
     """The host name did not resolve; the message says why."""
 
 
-def resolve(host: str, port: int) -> tuple[str, ...]:
+_FAMILIES = {"all": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+def resolve(host: str, port: int, family: str = "all") -> tuple[str, ...]:
     """Every distinct address ``host`` resolves to (A and AAAA), in resolver order."""
     if _is_ip(host):
         return (host,)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, _FAMILIES[family], socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ResolveError(f"cannot resolve {host}: {exc}") from None
     seen: dict[str, None] = {}
@@ -102,24 +130,30 @@ def check_address(
     *,
     clock: Clock,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> Result:
     """Probe one address and judge it, retrying once when a staple is expected but absent.
 
     nginx fetches its staple lazily: the first handshake after a start or reload
     carries none, so one retry after ``spec.retry_no_staple`` avoids a false alarm.
+    ``deadline`` (time.monotonic) bounds everything, retry included.
     """
     started_at = clock()
     t0 = time.monotonic()
     log = [f"probing {spec.target} at {address} (SNI {spec.sni or '-'})"]
-    capture = _probe(spec, address)
+    capture = _probe(spec, address, deadline)
     log.append(_describe(capture))
     retried = False
-    if _expects_staple(capture) and spec.retry_no_staple > timedelta(0):
-        retried = True
-        log.append(f"no staple; retrying once after {spec.retry_no_staple.total_seconds():g}s")
-        sleep(spec.retry_no_staple.total_seconds())
-        capture = _probe(spec, address)
-        log.append(_describe(capture))
+    delay = spec.retry_no_staple.total_seconds()
+    if _expects_staple(capture) and delay > 0:
+        if deadline is not None and time.monotonic() + delay + 0.5 > deadline:
+            log.append("no staple; no time left in the deadline for a retry")
+        else:
+            retried = True
+            log.append(f"no staple; retrying once after {delay:g}s")
+            sleep(delay)
+            capture = _probe(spec, address, deadline)
+            log.append(_describe(capture))
     verdict = ocsp.evaluate(
         capture, trust, now=clock(), skew=spec.skew, warn_within=spec.warn_within
     )
@@ -140,12 +174,14 @@ def check_address(
     )
 
 
-def check(spec: CheckSpec, trust: Trust, *, clock: Clock) -> list[Result]:
+def check(
+    spec: CheckSpec, trust: Trust, *, clock: Clock, deadline: float | None = None
+) -> list[Result]:
     """Check every address of ``spec``: one Result each (one for a DNS failure)."""
     addresses = spec.addresses
     if not addresses:
         try:
-            addresses = resolve(spec.host, spec.port)
+            addresses = resolve(spec.host, spec.port, spec.family)
         except ResolveError as exc:
             return [
                 Result(
@@ -158,17 +194,14 @@ def check(spec: CheckSpec, trust: Trust, *, clock: Clock) -> list[Result]:
                     log=(str(exc),),
                 )
             ]
-    return [check_address(spec, a, trust, clock=clock) for a in addresses]
+    return [check_address(spec, a, trust, clock=clock, deadline=deadline) for a in addresses]
 
 
-def _probe(spec: CheckSpec, address: str) -> Capture:
-    return probe(
-        address,
-        spec.port,
-        spec.sni,
-        timeout=spec.timeout.total_seconds(),
-        tls_version=spec.tls_version,
-    )
+def _probe(spec: CheckSpec, address: str, deadline: float | None) -> Capture:
+    timeout = spec.timeout.total_seconds()
+    if deadline is not None:
+        timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
+    return probe(address, spec.port, spec.sni, timeout=timeout, tls_version=spec.tls_version)
 
 
 def _expects_staple(capture: Capture) -> bool:

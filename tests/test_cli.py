@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import parse_target
+from monitor.runner import parse_target
 
 SCRIPT = str(Path(sys.executable).with_name("staple-monitor"))
 

@@ -1,0 +1,233 @@
+"""Every metric name lives here. Results are rendered on each scrape by a custom Collector.
+
+``render`` serves both ``/metrics`` (background results, with counters) and
+``/probe`` (one fresh probe), so the two cannot drift apart. A value that does
+not exist is an absent series, never 0 or a sentinel.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from monitor import __version__
+from monitor.ocsp import CertStatus, Reason, ResponseStatus
+from monitor.runner import Result
+from monitor.store import Key, Snapshot
+
+PREFIX = "ocsp_staple_"
+# Reasons that mean no handshake completed, so nothing about the server could be judged.
+PROBE_FAILURES = frozenset(
+    {Reason.DNS_ERROR, Reason.CONNECT_ERROR, Reason.TIMEOUT, Reason.TLS_ERROR}
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (target, address) to render: identity labels plus its latest result."""
+
+    labels: dict[str, str]
+    result: Result
+    probes: int | None = None  # None: no counters (a /probe response)
+    failures: dict[Reason, int] = field(default_factory=dict)
+
+
+# name (without prefix) -> (type, help). README's metric table mirrors this.
+RESULT_METRICS: dict[str, tuple[str, str]] = {
+    "probe_success": ("gauge", "1 if the TLS handshake completed, so the staple could be judged."),
+    "state": ("gauge", "Overall verdict: always 1, with the state and reason as labels."),
+    "present": ("gauge", "1 if the server stapled an OCSP response."),
+    "response_status": ("gauge", "State set of the staple's OCSP responseStatus."),
+    "cert_status": (
+        "gauge",
+        "State set of the staple's certStatus (only when its signature is valid).",
+    ),
+    "signature_valid": ("gauge", "1 if the staple's signature verifies with an authorised signer."),
+    "fresh": ("gauge", "1 if thisUpdate <= now + skew and now < nextUpdate."),
+    "this_update_timestamp_seconds": ("gauge", "thisUpdate of the staple, Unix time."),
+    "next_update_timestamp_seconds": ("gauge", "nextUpdate of the staple, Unix time."),
+    "produced_at_timestamp_seconds": ("gauge", "producedAt of the staple, Unix time."),
+    "revocation_timestamp_seconds": ("gauge", "When the staple says the certificate was revoked."),
+    "must_staple": (
+        "gauge",
+        "1 if the certificate carries the TLS Feature status_request (RFC 7633).",
+    ),
+    "chain_trusted": ("gauge", "1 if the server's chain verified to the trust store."),
+    "certificate_not_after_timestamp_seconds": ("gauge", "notAfter of the server certificate."),
+    "last_probe_timestamp_seconds": ("gauge", "When the latest probe started, Unix time."),
+    "probe_duration_seconds": ("gauge", "How long the latest probe took, retry included."),
+    "probe_retried": ("gauge", "1 if the latest probe had to retry for a missing staple."),
+    "probes": ("counter", "Probes made of this target and address."),
+    "probe_failures": ("counter", "Probes whose state was not ok, by reason."),
+}
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _bool(value: bool | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def render(rows: Iterable[Row]) -> list[Metric]:
+    """Metric families for ``rows``; families with no samples are still described."""
+    fams = {
+        name: Metric(PREFIX + name, help_, kind) for name, (kind, help_) in RESULT_METRICS.items()
+    }
+
+    def put(name: str, labels: dict[str, str], value: float | None) -> None:
+        if value is not None:
+            fam = fams[name]
+            suffix = "_total" if fam.type == "counter" else ""
+            fam.add_sample(fam.name + suffix, labels, value)
+
+    for row in rows:
+        base, r = row.labels, row.result
+        v = r.verdict
+        put("probe_success", base, float(v.reason not in PROBE_FAILURES))
+        put("state", {**base, "state": v.state.value, "reason": v.reason.value}, 1.0)
+        put("last_probe_timestamp_seconds", base, r.started_at.timestamp())
+        put("probe_duration_seconds", base, r.duration_seconds)
+        put("probe_retried", base, float(r.retried))
+        put("present", base, _bool(v.staple_present))
+        if v.response_status is not None:
+            for status in ResponseStatus:
+                put("response_status", {**base, "status": status.value},
+                    float(status is v.response_status))  # fmt: skip
+        # A status is only worth exporting once the signature proved who said it.
+        if v.cert_status is not None and v.signature_valid:
+            for cs in CertStatus:
+                put("cert_status", {**base, "status": cs.value}, float(cs is v.cert_status))
+            put("revocation_timestamp_seconds", base, _ts(v.revocation_time))
+        put("signature_valid", base, _bool(v.signature_valid))
+        put("fresh", base, _bool(v.fresh))
+        put("this_update_timestamp_seconds", base, _ts(v.this_update))
+        put("next_update_timestamp_seconds", base, _ts(v.next_update))
+        put("produced_at_timestamp_seconds", base, _ts(v.produced_at))
+        put("must_staple", base, _bool(v.must_staple))
+        put("chain_trusted", base, _bool(v.chain_trusted))
+        put("certificate_not_after_timestamp_seconds", base, _ts(v.leaf_not_after))
+        if row.probes is not None:
+            put("probes", base, float(row.probes))
+            for reason, count in sorted(row.failures.items()):
+                put("probe_failures", {**base, "reason": reason.value}, float(count))
+    return list(fams.values())
+
+
+def identity_labels(
+    target: str, result: Result, extra: Sequence[tuple[str, str]] = ()
+) -> dict[str, str]:
+    """The labels that name one series: target, address, server_name, then the target's own."""
+    labels = {
+        "target": target,
+        "address": result.address or "",
+        "server_name": result.server_name or "",
+    }
+    labels.update(extra)
+    return labels
+
+
+class ResultsCollector(Collector):
+    """Renders the store on every scrape; a target gone from the config is gone from here."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        targets: Callable[[], dict[Key, tuple[str, tuple[tuple[str, str], ...]]]],
+    ) -> None:
+        self._snapshot = snapshot
+        self._targets = targets
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        targets = self._targets()
+        rows = []
+        for key, results in snap.results.items():
+            if key not in targets:
+                continue
+            name, labels = targets[key]
+            for r in results:
+                rows.append(
+                    Row(
+                        identity_labels(name, r, labels),
+                        r,
+                        snap.probes[(key, r.address)],
+                        dict(snap.failures.get((key, r.address), {})),
+                    )
+                )
+        yield from render(rows)
+
+
+class ProbeCollector(Collector):
+    """One /probe request's results, for a fresh registry."""
+
+    def __init__(self, results: Sequence[Result]) -> None:
+        self._results = results
+
+    def collect(self) -> Iterator[Metric]:
+        yield from render(Row(identity_labels(r.target, r), r) for r in self._results)
+
+
+class DaemonMetrics:
+    """The daemon's own health: build, config, scheduler, probes in flight."""
+
+    def __init__(self, registry: CollectorRegistry, targets_configured: Callable[[], int]) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        info = Gauge(PREFIX + "build_info", "Version of staple-monitor and of Python; always 1.",
+                     ["version", "python_version"], registry=registry)  # fmt: skip
+        info.labels(__version__, platform.python_version()).set(1)
+        targets = Gauge(PREFIX + "targets_configured", "Targets in the loaded configuration.",
+                        registry=registry)  # fmt: skip
+        targets.set_function(lambda: float(targets_configured()))
+        in_flight = Gauge(
+            PREFIX + "probes_in_flight", "Probes running right now.", registry=registry
+        )
+        in_flight.set_function(lambda: float(self._in_flight))
+        self.lag = Histogram(
+            PREFIX + "scheduler_lag_seconds",
+            "How late scheduled probes started, against their planned time.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.skipped = Counter(
+            PREFIX + "scheduler_skipped_runs",
+            "Runs skipped since start because the previous run of the target was still going"
+            " (reason=overlap) or started too late (reason=missed).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("overlap", "missed"):
+            self.skipped.labels(reason)
+        self.reload_ok = Gauge(
+            PREFIX + "config_last_reload_successful",
+            "1 if the last configuration load succeeded.",
+            registry=registry,
+        )
+        self.reload_time = Gauge(
+            PREFIX + "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, Unix time.",
+            registry=registry,
+        )
+
+    def probe_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def probe_finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def reloaded(self, ok: bool) -> None:
+        self.reload_ok.set(float(ok))
+        if ok:
+            self.reload_time.set(time.time())
