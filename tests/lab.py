@@ -11,11 +11,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.x509 import ocsp
 
@@ -318,3 +320,72 @@ def openssl_response(lab: PKI, index: Path, leaves: list[str], signer: str = "in
         check=True, capture_output=True,
     )  # fmt: skip
     return response.read_bytes()
+
+
+class DaemonProcess:
+    """`staple-monitor run` as a real process on 127.0.0.1, scraped over HTTP."""
+
+    def __init__(self, config: Path, *extra: str) -> None:
+        import sys
+
+        self.config = config
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.with_suffix(".log")
+        script = Path(sys.executable).with_name("staple-monitor")
+        self.proc = subprocess.Popen(
+            [str(script), "run", "--config.file", str(config),
+             "--web.listen-address", f"127.0.0.1:{self.port}", "--log.format", "json", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+        )  # fmt: skip
+        wait_listening("127.0.0.1", self.port, self.proc, "staple-monitor")
+
+    def get(self, path: str, **kw: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kw)  # type: ignore[arg-type]
+
+    def scrape(self) -> Metrics:
+        response = self.get("/metrics")
+        response.raise_for_status()
+        return Metrics(response.text)
+
+    def wait_for(self, predicate: Callable[[Metrics], bool], timeout: float = 20) -> Metrics:
+        deadline = time.monotonic() + timeout
+        while True:
+            metrics = self.scrape()
+            if predicate(metrics):
+                return metrics
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s:\n{metrics.text}")
+            time.sleep(0.2)
+
+    def logs(self) -> list[dict[str, object]]:
+        import json
+
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+    def stop(self) -> int:
+        stop(self.proc)
+        return int(self.proc.returncode)
+
+
+class Metrics:
+    """Parsed exposition text: ``value(name, **labels)`` for the one matching sample."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+    def find(self, name: str, **labels: str) -> list[float]:
+        return [
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        found = self.find(name, **labels)
+        assert len(found) <= 1, f"{name} {labels} matches {len(found)} samples"
+        return found[0] if found else None

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as cocsp
+from cryptography.x509.verification import Store
 
 from monitor import ocsp
 from monitor.lab import pki
@@ -30,7 +31,7 @@ class World:
         self.root = pki.make_root("unit root", NOW, key_type=key_type)
         self.inter = pki.make_intermediate("unit CA", self.root, NOW, key_type=key_type)
         self.leaf = pki.make_leaf(["unit.test"], self.inter, NOW, ocsp_url=URL)
-        self.trust = Trust(anchors=(self.root.cert,), source="unit", store=_store(self.root))
+        self.trust = Trust(anchors=(self.root.cert,), source="unit", store=Store([self.root.cert]))
 
     def capture(self, staple: bytes | None, leaf: pki.Issued | None = None, **kw: Any) -> Capture:
         leaf = leaf or self.leaf
@@ -53,12 +54,6 @@ class World:
 
     def judge(self, staple: bytes | None, **kw: Any) -> ocsp.Verdict:
         return evaluate(self.capture(staple), self.trust, now=NOW, **kw)
-
-
-def _store(root: pki.Issued) -> Any:
-    from cryptography.x509.verification import Store
-
-    return Store([root.cert])
 
 
 @pytest.fixture(scope="module")
