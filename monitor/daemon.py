@@ -58,7 +58,7 @@ class Daemon:
         self.store = Store()
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry, lambda: len(self.config.targets))
-        self.registry.register(ResultsCollector(self.store.snapshot, self._target_labels))
+        self.registry.register(ResultsCollector(self.store.snapshot, self._targets_by_key))
         ProcessCollector(registry=self.registry)
         self.scheduler = Scheduler(
             self.store,
@@ -107,8 +107,8 @@ class Daemon:
     def _jobs(self, config: Config) -> dict[Key, tuple[Target, Trust]]:
         return {t.key: (t, config.trust_for(t)) for t in config.targets}
 
-    def _target_labels(self) -> dict[Key, tuple[str, tuple[tuple[str, str], ...]]]:
-        return {t.key: (t.name, t.labels) for t in self.config.targets}
+    def _targets_by_key(self) -> dict[Key, Target]:
+        return {t.key: t for t in self.config.targets}
 
     def find_target(self, target_text: str, server_name: str | None) -> Target:
         """The configured target ``/probe`` asks for, or an ad hoc one when allowed."""

@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from monitor import __version__
+from monitor.config import Target
 from monitor.ocsp import CertStatus, Reason, ResponseStatus
 from monitor.runner import Result
 from monitor.store import Key, Snapshot
@@ -38,6 +39,7 @@ class Row:
     result: Result
     probes: int | None = None  # None: no counters (a /probe response)
     failures: dict[Reason, int] = field(default_factory=dict)
+    interval: float | None = None  # the configured interval, for staleness alerts
 
 
 # name (without prefix) -> (type, help). README's metric table mirrors this.
@@ -65,6 +67,7 @@ RESULT_METRICS: dict[str, tuple[str, str]] = {
     "last_probe_timestamp_seconds": ("gauge", "When the latest probe started, Unix time."),
     "probe_duration_seconds": ("gauge", "How long the latest probe took, retry included."),
     "probe_retried": ("gauge", "1 if the latest probe had to retry for a missing staple."),
+    "probe_interval_seconds": ("gauge", "How often this target is probed (configured)."),
     "probes": ("counter", "Probes made of this target and address."),
     "probe_failures": ("counter", "Probes whose state was not ok, by reason."),
 }
@@ -116,6 +119,7 @@ def render(rows: Iterable[Row]) -> list[Metric]:
         put("must_staple", base, _bool(v.must_staple))
         put("chain_trusted", base, _bool(v.chain_trusted))
         put("certificate_not_after_timestamp_seconds", base, _ts(v.leaf_not_after))
+        put("probe_interval_seconds", base, row.interval)
         if row.probes is not None:
             put("probes", base, float(row.probes))
             for reason, count in sorted(row.failures.items()):
@@ -142,7 +146,7 @@ class ResultsCollector(Collector):
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],
-        targets: Callable[[], dict[Key, tuple[str, tuple[tuple[str, str], ...]]]],
+        targets: Callable[[], dict[Key, Target]],
     ) -> None:
         self._snapshot = snapshot
         self._targets = targets
@@ -154,14 +158,15 @@ class ResultsCollector(Collector):
         for key, results in snap.results.items():
             if key not in targets:
                 continue
-            name, labels = targets[key]
+            target = targets[key]
             for r in results:
                 rows.append(
                     Row(
-                        identity_labels(name, r, labels),
+                        identity_labels(target.name, r, target.labels),
                         r,
                         snap.probes[(key, r.address)],
                         dict(snap.failures.get((key, r.address), {})),
+                        target.interval.total_seconds(),
                     )
                 )
         yield from render(rows)

@@ -389,3 +389,51 @@ class Metrics:
         found = self.find(name, **labels)
         assert len(found) <= 1, f"{name} {labels} matches {len(found)} samples"
         return found[0] if found else None
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian's package) on 127.0.0.1 with a config written by the test."""
+
+    def __init__(self, directory: Path, config: str) -> None:
+        binary = need_binary("prometheus")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "prometheus.yml").write_text(config)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={directory / 'prometheus.yml'}",
+             f"--storage.tsdb.path={directory / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL,
+            stderr=(directory / "prometheus.log").open("wb"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(self.url + "/-/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (directory / "prometheus.log").read_text()
+                raise RuntimeError(f"prometheus did not become ready:\n{log}")
+            time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> object:
+        response = requests.get(self.url + "/api/v1/" + path, params=params, timeout=30)
+        body = response.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def firing(self) -> set[tuple[str, str, str]]:
+        """(alertname, target or instance, address) of every firing alert."""
+        alerts = self.api("alerts")["alerts"]  # type: ignore[index]
+        return {
+            (a["labels"]["alertname"], a["labels"].get("target", a["labels"].get("instance", "")),
+             a["labels"].get("address", ""))
+            for a in alerts
+            if a["state"] == "firing"
+        }  # fmt: skip
+
+    def stop(self) -> None:
+        stop(self.proc)
