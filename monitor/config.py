@@ -8,6 +8,7 @@ read, since an unreadable one is a configuration error.
 
 from __future__ import annotations
 
+import functools
 import glob
 import ipaddress
 import re
@@ -109,11 +110,23 @@ class Config:
     targets: tuple[Target, ...]
     workers: int = 64
     defaults: Defaults = Defaults()
+    probe_allow: tuple[str, ...] = ()  # HOST:PORT shell patterns /probe may probe
     trusts: dict[str | None, Trust] = field(default_factory=dict, compare=False, repr=False)
+
+    def probe_allowed(self, host: str, port: int) -> bool:
+        """Whether an unconfigured ``host:port`` matches a ``probe_allow`` pattern."""
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return any(_pattern(p).fullmatch(name.lower()) for p in self.probe_allow)
 
     def trust_for(self, target: Target) -> Trust:
         """The trust store a target's chain is verified against."""
         return self.trusts[target.ca_file]
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # Only * and ? are wildcards: brackets stay literal, for [IPv6]:port.
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -376,7 +389,7 @@ def load_config(path: str | Path) -> Config:
     if raw is None:
         raw = {}
     c = _Checker(shown)
-    data = c.mapping(raw, "", {"defaults", "targets", "target_files", "workers"})
+    data = c.mapping(raw, "", {"defaults", "targets", "target_files", "workers", "probe_allow"})
     if data is None:
         raise ConfigError(c.problems)
     defaults = (
@@ -385,6 +398,14 @@ def load_config(path: str | Path) -> Config:
     workers = data.get("workers", 64)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 4096:
         c.bad("workers", f"expected an integer 1-4096, got {_show(workers)}")
+    probe_allow = data.get("probe_allow", [])
+    if not isinstance(probe_allow, list):
+        c.bad("probe_allow", f"expected a list of HOST:PORT patterns, got {_show(probe_allow)}")
+        probe_allow = []
+    for i, pattern in enumerate(probe_allow):
+        if not isinstance(pattern, str) or ":" not in pattern or not pattern.rsplit(":", 1)[1]:
+            c.bad(f"probe_allow[{i}]", f"expected a HOST:PORT pattern like *.example.com:443,"
+                  f" got {_show(pattern)}")  # fmt: skip
     base_dir = path.parent
     targets: list[tuple[Target, str]] = []
     targets += _target_list(c, data.get("targets", []), "targets", defaults, base_dir)
@@ -438,6 +459,7 @@ def load_config(path: str | Path) -> Config:
         targets=tuple(t for t, _ in targets),
         workers=workers,
         defaults=defaults,
+        probe_allow=tuple(p.lower() for p in probe_allow),
         trusts=trusts,
     )
 

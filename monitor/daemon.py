@@ -113,7 +113,7 @@ class Daemon:
     def find_target(self, target_text: str, server_name: str | None) -> Target:
         """The configured target ``/probe`` asks for, or an ad hoc one when allowed."""
         try:
-            host, port = parse_target(target_text)
+            host, port = parse_target(target_text, default_port=None)
         except ValueError as exc:
             raise ProbeRefused(400, f"target: {exc}") from None
         if server_name is not None:
@@ -130,11 +130,11 @@ class Daemon:
         ]
         if matches:
             return matches[0]
-        if not self.probe_options.allow_any_target:
+        if not (self.probe_options.allow_any_target or config.probe_allowed(host, port)):
             raise ProbeRefused(
                 403,
-                f"target {target_text} is not in the configuration; /probe only probes configured"
-                " targets unless started with --web.probe-any-target",
+                f"target {target_text} is neither configured nor matched by probe_allow;"
+                " /probe only probes those unless started with --web.probe-any-target",
             )
         return make_target(host, port, server_name, config.defaults)
 

@@ -228,15 +228,17 @@ def evaluate(
     f = walk.facts
     if not capture.chain:
         return walk.stop(Reason.TLS_ERROR, "the server sent no certificate")
+    for position, cert in enumerate(capture.chain):
+        problem = _unparseable(cert)
+        if problem:
+            what = "the server's certificate" if position == 0 else f"chain certificate {position}"
+            return walk.stop(Reason.UNTRUSTED_CHAIN, f"{what} cannot be parsed: {problem}")
     leaf = capture.chain[0]
     f["leaf_subject"] = leaf.subject.rfc4514_string()
     f["leaf_serial"] = format(leaf.serial_number, "X")
     f["leaf_not_after"] = leaf.not_valid_after_utc
-    try:
-        f["must_staple"] = _must_staple(leaf)
-        f["ocsp_urls"] = _ocsp_urls(leaf)
-    except ValueError as exc:
-        return walk.stop(Reason.UNTRUSTED_CHAIN, f"the leaf's extensions cannot be parsed: {exc}")
+    f["must_staple"] = _must_staple(leaf)
+    f["ocsp_urls"] = _ocsp_urls(leaf)
 
     # Who issued the leaf, proven by a verified path to a trust anchor. Without it
     # neither the CertID nor the signature can be checked (RFC 6960 3.2 steps 1-3).
@@ -365,6 +367,20 @@ def evaluate(
             " the server has not fetched a fresh response",
         )
     return walk.stop(Reason.OK, "a fresh, correctly signed 'good' staple for this certificate")
+
+
+def _unparseable(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` cannot be used, or None. cryptography parses fields lazily, so a
+    malformed certificate from a hostile server only fails when a field is read."""
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = (cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        cert.public_key()
+        _ = cert.extensions
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        return str(exc)
+    return None
 
 
 def staple_expected(leaf: x509.Certificate) -> bool:

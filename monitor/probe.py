@@ -194,7 +194,15 @@ def probe(
                 return _timed_out(base, timeout, connect_seconds)
         handshake_seconds = time.monotonic() - connected
 
-        chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
+        try:
+            chain = tuple(conn.get_peer_cert_chain(as_cryptography=True) or ())
+        except Exception as exc:  # hostile bytes: cryptography raises several types
+            return replace(
+                base,
+                error=ProbeError.TLS_ERROR,
+                error_detail=f"the server's certificate cannot be parsed: {exc}",
+                connect_seconds=connect_seconds,
+            )
         return replace(
             base,
             chain=chain,

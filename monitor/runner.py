@@ -80,7 +80,7 @@ def _is_ip(text: str) -> bool:
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
 
 
-def parse_target(text: str, default_port: int = 443) -> tuple[str, int]:
+def parse_target(text: str, default_port: int | None = 443) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError says what is wrong."""
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
         raise ValueError(f"target {text!r} contains spaces or control characters")
@@ -94,6 +94,8 @@ def parse_target(text: str, default_port: int = 443) -> tuple[str, int]:
         raise ValueError(f"host name is longer than 253 characters ({len(host)})")
     port_text = m.group("port")
     if port_text is None:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT with an explicit port, got {text!r}")
         return host, default_port
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port must be an integer 1-65535, got {port_text!r}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +19,41 @@ def silent(conn: socket.socket, stop: threading.Event) -> None:
 
 
 def drip(conn: socket.socket, stop: threading.Event) -> None:
-    """Send one byte (of a plausible TLS record header) every 0.2 s, forever."""
-    while not stop.wait(0.2):
+    """Send one byte (of a plausible TLS record header) every second, forever."""
+    while not stop.wait(1.0):
         try:
             conn.sendall(b"\x16")
         except OSError:
             return
+
+
+def random_bytes(conn: socket.socket, stop: threading.Event) -> None:
+    """Answer the ClientHello with 64 KiB of noise, then wait."""
+    try:
+        conn.recv(65536)
+        conn.sendall(os.urandom(65536))
+    except OSError:
+        return
+    stop.wait()
+
+
+def reset(conn: socket.socket, stop: threading.Event) -> None:
+    """Read the ClientHello, then abort the connection with a TCP RST."""
+    try:
+        conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        conn.close()
+
+
+def endless_records(conn: socket.socket, stop: threading.Event) -> None:
+    """Stream TLS handshake records (plausible headers, random bodies) until told to stop."""
+    try:
+        conn.recv(65536)
+        while not stop.is_set():
+            conn.sendall(b"\x16\x03\x03\x40\x00" + os.urandom(0x4000))
+    except OSError:
+        return
 
 
 @contextmanager

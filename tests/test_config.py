@@ -27,7 +27,8 @@ BAD = {
         "targets[1].port: expected an integer 1-65535, got true",
     ],
     "bad-unknown-key.yaml": [
-        "targts: unknown key (expected one of: defaults, target_files, targets, workers)"
+        "targts: unknown key (expected one of:"
+        " defaults, probe_allow, target_files, targets, workers)"
     ],
     "bad-target-unknown-key.yaml": [
         f"targets[0].hots: unknown key (expected one of: {TARGET_KEYS})",
