@@ -21,6 +21,7 @@ from monitor.probe import TLSVersion
 from monitor.report import render_json, render_text, worst_state
 from monitor.runner import CheckSpec, check, parse_target
 from monitor.trust import TrustError, load_trust
+from monitor.webconfig import WebConfig, load_web_config
 
 # Nagios plugin convention: a check that cannot run (bad usage) is UNKNOWN.
 UNKNOWN_EXIT = State.UNKNOWN.exit_code
@@ -187,6 +188,13 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
         help=f"where to serve HTTP (default {DEFAULT_LISTEN})",
     )
     p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="TLS and basic auth for the HTTP endpoint, in the Prometheus exporter-toolkit"
+        " format (see README: Securing the endpoint)",
+    )
+    p.add_argument(
         "--web.probe-any-target",
         dest="probe_any",
         action="store_true",
@@ -259,6 +267,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     if _load_or_report(args.config_file) is None:
         return 2
+    web = WebConfig()
+    if args.web_config:
+        try:
+            web = load_web_config(args.web_config)
+        except ConfigError as exc:
+            print("staple-monitor: invalid --web.config.file:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
     logs.setup(args.log_level, args.log_format)
     options = ProbeOptions(allow_any_target=args.probe_any, concurrency=args.probe_concurrency)
     try:
@@ -266,13 +283,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # the file changed between the check and now
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    return run_daemon(daemon, args.listen)
+    return run_daemon(daemon, args.listen, web=web)
 
 
-def run_daemon(daemon: Daemon, listen: str, ready: Callable[[str], None] | None = None) -> int:
+def run_daemon(
+    daemon: Daemon,
+    listen: str,
+    ready: Callable[[str], None] | None = None,
+    web: WebConfig | None = None,
+) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status."""
     try:
-        server = serve(App(daemon), listen)
+        server = serve(App(daemon, web), listen)
     except OSError as exc:
         print(f"staple-monitor: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -285,7 +307,8 @@ def run_daemon(daemon: Daemon, listen: str, ready: Callable[[str], None] | None 
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     host, port = str(server.server_address[0]), server.server_address[1]
-    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    scheme = "https" if web is not None and web.tls is not None else "http"
+    url = f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
     logging.getLogger("staple_monitor").info("listening on %s", url)
     if ready:
         ready(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -23,12 +24,14 @@ from monitor.daemon import Daemon, ProbeRefused
 from monitor.durations import humanize
 from monitor.metrics import ProbeCollector
 from monitor.ocsp import State
+from monitor.webconfig import WebConfig
 
 log = logging.getLogger("staple_monitor.http")
 
 StartResponse = Callable[..., Any]
 PROBE_PARAMS = frozenset({"target", "server_name", "debug"})
 MAX_QUERY = 2048
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def _reply(
@@ -45,11 +48,20 @@ def _reply(
 class App:
     """The WSGI application of the daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, web: WebConfig | None = None) -> None:
         self.daemon = daemon
+        self.web = web or WebConfig()
         self._metrics_app = make_wsgi_app(daemon.registry)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not self.web.authorised(environ.get("HTTP_AUTHORIZATION")):
+            data = b"Unauthorized\n"
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="staple-monitor"'),
+                 ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))],
+            )  # fmt: skip
+            return [data]
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/-/reload":
@@ -174,6 +186,19 @@ class App:
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the request's own thread, under a timeout, so
+        # a client that stalls it holds up nobody else.
+        if self.tls is not None:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
 
 
 class _Server6(_Server):
@@ -197,12 +222,18 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 def serve(app: App, address: str) -> WSGIServer:
     """Bind ``address`` and return the server (call ``serve_forever`` in a thread)."""
     host, port = parse_listen_address(address)
+    server: _Server
     if host and ":" not in host:
-        return make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
-    try:
-        # IPv6, or every address: a dual-stack socket on "::".
-        return make_server(host or "::", port, app, server_class=_Server6, handler_class=_Quiet)
-    except OSError:
-        if host:
-            raise
-        return make_server("0.0.0.0", port, app, server_class=_Server, handler_class=_Quiet)  # noqa: S104
+        server = make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
+    else:
+        try:
+            # IPv6, or every address: a dual-stack socket on "::".
+            server = make_server(
+                host or "::", port, app, server_class=_Server6, handler_class=_Quiet
+            )
+        except OSError:
+            if host:
+                raise
+            server = make_server("0.0.0.0", port, app, server_class=_Server, handler_class=_Quiet)  # noqa: S104
+    server.tls = app.web.tls
+    return server

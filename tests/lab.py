@@ -340,6 +340,7 @@ class DaemonProcess:
             stderr=self.log_path.open("wb"),
         )  # fmt: skip
         wait_listening("127.0.0.1", self.port, self.proc, "staple-monitor")
+        # (a bare connect is harmless here: the daemon handles each connection in a thread)
 
     def get(self, path: str, **kw: object) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kw)  # type: ignore[arg-type]

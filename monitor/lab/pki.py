@@ -144,8 +144,9 @@ def make_leaf(
     ocsp_url: str | None,
     must_staple: bool = False,
     days: int = 90,
+    client: bool = False,
 ) -> Issued:
-    """A TLS server certificate for ``names`` (DNS names or IP addresses)."""
+    """A TLS server (or, with ``client``, client) certificate for ``names``."""
     key = _key()
     sans: list[x509.GeneralName] = []
     for n in names:
@@ -157,7 +158,12 @@ def make_leaf(
         _builder(_name(names[0]), ca.cert.subject, key, now, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(_aki(ca), critical=False)
     )
     if ocsp_url:
