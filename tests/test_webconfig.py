@@ -43,6 +43,7 @@ class Certs:
         )
 
 
+TLS_AB = "tls_server_config:\n  cert_file: a.pem\n  key_file: b.key\n"
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
 
