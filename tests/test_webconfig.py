@@ -133,12 +133,13 @@ def test_client_certificate_required(certs: Certs, tmp_path: Path) -> None:
     [
         ("tls_server_config:\n  cert_file: a.pem\n", "tls_server_config.key_file: required"),
         (
-            "tls_server_config:\n  cert_file: a.pem\n  key_file: b.key\n  client_auth_type: RequireAnyClientCert\n",
+            TLS_AB + "  client_auth_type: RequireAnyClientCert\n",
             "RequireAnyClientCert (accepting unverified client certificates) is not supported",
         ),
         (
-            "tls_server_config:\n  cert_file: a.pem\n  key_file: b.key\n  client_auth_type: RequireAndVerifyClientCert\n",
-            "tls_server_config.client_ca_file: required with client_auth_type RequireAndVerifyClientCert",
+            TLS_AB + "  client_auth_type: RequireAndVerifyClientCert\n",
+            "tls_server_config.client_ca_file: required with client_auth_type"
+            " RequireAndVerifyClientCert",
         ),
         ("basic_auth_users:\n  bob: plaintext\n", "basic_auth_users.bob: expected a bcrypt hash"),
         ("http_server_config: {http2: true}\n", "http_server_config: unknown or unsupported key"),
