@@ -125,7 +125,7 @@ class App:
             status = f"{exc.status} {reason.get(exc.status, 'Error')}"
             return _reply(start_response, status, f"{exc}\n")
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(ProbeCollector(results))
+        registry.register(ProbeCollector(results, target.labels))
         metrics = generate_latest(registry).decode()
         if debug:
             lines = [line for r in results for line in r.log]

@@ -175,11 +175,12 @@ class ResultsCollector(Collector):
 class ProbeCollector(Collector):
     """One /probe request's results, for a fresh registry."""
 
-    def __init__(self, results: Sequence[Result]) -> None:
+    def __init__(self, results: Sequence[Result], labels: Sequence[tuple[str, str]] = ()) -> None:
         self._results = results
+        self._labels = labels
 
     def collect(self) -> Iterator[Metric]:
-        yield from render(Row(identity_labels(r.target, r), r) for r in self._results)
+        yield from render(Row(identity_labels(r.target, r, self._labels), r) for r in self._results)
 
 
 class DaemonMetrics:

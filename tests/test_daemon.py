@@ -189,6 +189,8 @@ def test_probe_endpoint_returns_only_that_probe(lab: Lab, daemon: DaemonProcess)
     assert states == [1]
     assert m.value("ocsp_staple_state", reason="revoked", target=target(lab, "revoked")) == 1
     assert m.find("ocsp_staple_probes_total") == []  # no counters in a one-off probe
+    # The configured target's own labels, from the configuration (never from the query).
+    assert m.find("ocsp_staple_state", scenario="revoked", team="lab") == [1]
     promtool = need_binary("promtool")
     check = subprocess.run([promtool, "check", "metrics"], input=response.text,
                            capture_output=True, text=True, check=False)  # fmt: skip
@@ -209,7 +211,7 @@ def test_probe_debug_returns_the_log(lab: Lab, daemon: DaemonProcess) -> None:
         ({}, 400, "target parameter is missing"),
         ({"target": "lab.test:abc"}, 400, "port must be an integer"),
         ({"target": "::1"}, 400, "IPv6 address must be in brackets"),
-        ({"target": "example.com:443"}, 403, "not in the configuration"),
+        ({"target": "example.com:443"}, 403, "neither configured nor matched by probe_allow"),
         ({"target": "lab.test:443", "team": "evil"}, 400, "unknown parameter(s): team"),
     ],
 )
