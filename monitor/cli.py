@@ -20,6 +20,7 @@ from monitor.ocsp import DEFAULT_SKEW, DEFAULT_WARN_WITHIN, State
 from monitor.probe import TLSVersion
 from monitor.report import render_json, render_text, worst_state
 from monitor.runner import CheckSpec, check, parse_target
+from monitor.shard import parse_shard
 from monitor.trust import TrustError, load_trust
 from monitor.webconfig import WebConfig, load_web_config
 
@@ -195,6 +196,13 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
         " format (see README: Securing the endpoint)",
     )
     p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default="0/1",
+        help="probe only this replica's share of the targets: replica I of N (0-based; I may"
+        " end a name, as in $(POD_NAME)/3 for a StatefulSet). Default 0/1: every target",
+    )
+    p.add_argument(
         "--web.probe-any-target",
         dest="probe_any",
         action="store_true",
@@ -257,6 +265,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.config_check:
         return _cmd_validate(args)
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        print(f"staple-monitor: --shard: {exc}", file=sys.stderr)
+        return 2
     if args.probe_concurrency < 1:
         print("staple-monitor: --web.probe-concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -279,7 +292,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     options = ProbeOptions(allow_any_target=args.probe_any, concurrency=args.probe_concurrency)
     try:
-        daemon = Daemon(args.config_file, probe_options=options)
+        daemon = Daemon(args.config_file, probe_options=options, shard=shard)
     except ConfigError as exc:  # the file changed between the check and now
         print("\n".join(exc.problems), file=sys.stderr)
         return 2

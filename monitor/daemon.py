@@ -15,6 +15,7 @@ from monitor.metrics import DaemonMetrics, ResultsCollector
 from monitor.ocsp import State
 from monitor.runner import Clock, Result, check, parse_target
 from monitor.scheduler import Scheduler
+from monitor.shard import Shard
 from monitor.store import Key, StateChange, Store
 from monitor.trust import Trust
 
@@ -50,14 +51,21 @@ class Daemon:
         *,
         clock: Clock = utc_now,
         probe_options: ProbeOptions | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config_path = config_path
         self.clock = clock
         self.probe_options = probe_options or ProbeOptions()
+        self.shard = shard or Shard()
         self.config = load_config(config_path)  # ConfigError: nothing started
         self.store = Store()
         self.registry = CollectorRegistry()
-        self.metrics = DaemonMetrics(self.registry, lambda: len(self.config.targets))
+        self.metrics = DaemonMetrics(
+            self.registry,
+            lambda: len(self.config.targets),
+            lambda: len(self.assigned(self.config)),
+            self.shard,
+        )
         self.registry.register(ResultsCollector(self.store.snapshot, self._targets_by_key))
         ProcessCollector(registry=self.registry)
         self.scheduler = Scheduler(
@@ -94,7 +102,7 @@ class Daemon:
             old_names = {t.key for t in self.config.targets}
             new_names = {t.key for t in new.targets}
             self.config = new
-            self.store.retain(new_names)
+            self.store.retain(t.key for t in self.assigned(new))
             self.scheduler.apply(self._jobs(new))
             self.metrics.reloaded(True)
             message = (
@@ -104,8 +112,12 @@ class Daemon:
             log.info(message)
             return True, message
 
+    def assigned(self, config: Config) -> list[Target]:
+        """The targets this replica probes on schedule (all of them without sharding)."""
+        return [t for t in config.targets if self.shard.owns(t.key)]
+
     def _jobs(self, config: Config) -> dict[Key, tuple[Target, Trust]]:
-        return {t.key: (t, config.trust_for(t)) for t in config.targets}
+        return {t.key: (t, config.trust_for(t)) for t in self.assigned(config)}
 
     def _targets_by_key(self) -> dict[Key, Target]:
         return {t.key: t for t in self.config.targets}

@@ -22,6 +22,7 @@ from monitor import __version__
 from monitor.config import Target
 from monitor.ocsp import CertStatus, Reason, ResponseStatus
 from monitor.runner import Result
+from monitor.shard import Shard
 from monitor.store import Key, Snapshot
 
 PREFIX = "ocsp_staple_"
@@ -186,7 +187,13 @@ class ProbeCollector(Collector):
 class DaemonMetrics:
     """The daemon's own health: build, config, scheduler, probes in flight."""
 
-    def __init__(self, registry: CollectorRegistry, targets_configured: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        targets_configured: Callable[[], int],
+        targets_assigned: Callable[[], int] | None = None,
+        shard: Shard | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
         info = Gauge(PREFIX + "build_info", "Version of staple-monitor and of Python; always 1.",
@@ -195,6 +202,16 @@ class DaemonMetrics:
         targets = Gauge(PREFIX + "targets_configured", "Targets in the loaded configuration.",
                         registry=registry)  # fmt: skip
         targets.set_function(lambda: float(targets_configured()))
+        assigned = Gauge(
+            PREFIX + "targets_assigned",
+            "Targets this replica probes on schedule (its shard of the configuration).",
+            registry=registry,
+        )
+        assigned.set_function(lambda: float((targets_assigned or targets_configured)()))
+        shard = shard or Shard()
+        shard_info = Gauge(PREFIX + "shard", "This replica's shard; always 1.", ["index", "count"],
+                           registry=registry)  # fmt: skip
+        shard_info.labels(str(shard.index), str(shard.count)).set(1)
         in_flight = Gauge(
             PREFIX + "probes_in_flight", "Probes running right now.", registry=registry
         )

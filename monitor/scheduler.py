@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -29,10 +30,6 @@ log = logging.getLogger("staple_monitor")
 # New targets start at most this many per second, spread evenly, so a large config
 # causes no burst at start while a small one has results within seconds.
 START_RATE = 20.0
-# Each run fires up to this fraction of its interval late (capped), so targets
-# sharing an interval drift apart instead of firing in lockstep.
-JITTER_FRACTION = 0.05
-MAX_JITTER = timedelta(seconds=30)
 FIRST_RUN_DELAY = timedelta(seconds=1)
 
 
@@ -43,11 +40,14 @@ def job_id(key: Key) -> str:
 
 
 def start_offsets(count: int, shortest_interval: timedelta) -> list[timedelta]:
-    """When each of ``count`` new targets first runs: spread, never beyond one interval."""
+    """When each of ``count`` new targets first runs: one at a random moment of each of
+    ``count`` equal slots, the slots spanning at most one interval (and at most
+    START_RATE starts a second). Each target then keeps its own phase, so runs stay
+    spread out instead of firing together, and the first results come within seconds."""
     if count == 0:
         return []
-    spread = min(shortest_interval.total_seconds(), count / START_RATE)
-    return [timedelta(seconds=spread * i / count) for i in range(count)]
+    slot = min(shortest_interval.total_seconds(), count / START_RATE) / count
+    return [timedelta(seconds=slot * (i + random.random())) for i in range(count)]  # noqa: S311
 
 
 class Scheduler:
@@ -93,16 +93,11 @@ class Scheduler:
         # run a whole interval out: begin a moment from now.
         now = datetime.now(UTC) + FIRST_RUN_DELAY
         for key, offset in zip(fresh, start_offsets(len(fresh), shortest), strict=True):
-            target = targets[key][0]
-            interval = target.interval
-            jitter = min(interval * JITTER_FRACTION, MAX_JITTER)
+            interval = targets[key][0].interval
             self._aps.add_job(
                 self._run,
                 IntervalTrigger(
-                    seconds=interval.total_seconds(),
-                    start_date=now + offset,
-                    jitter=jitter.total_seconds() or None,
-                    timezone=UTC,
+                    seconds=interval.total_seconds(), start_date=now + offset, timezone=UTC
                 ),
                 args=[key],
                 id=job_id(key),
