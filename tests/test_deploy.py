@@ -104,7 +104,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert problems == [], problems
 
 
-@pytest.mark.parametrize("name", ["configmap.yaml", "deployment.yaml", "service.yaml"])
+@pytest.mark.parametrize(
+    "name", ["configmap.yaml", "deployment.yaml", "service.yaml", "sharded/statefulset.yaml"]
+)
 def test_kubernetes_manifests_match_their_schemas(name: str) -> None:
     proc = subprocess.run(
         [str(BIN / "kubernetes-validate"), "--strict", str(DEPLOY / "kubernetes" / name)],
@@ -134,3 +136,22 @@ def test_kustomization_lists_every_manifest_and_the_configmap_config_loads(tmp_p
     service = yaml.safe_load((DEPLOY / "kubernetes/service.yaml").read_text())
     assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_statefulset_shards_by_pod_name() -> None:
+    from monitor.shard import parse_shard
+
+    sts = yaml.safe_load((DEPLOY / "kubernetes/sharded/statefulset.yaml").read_text())
+    replicas = sts["spec"]["replicas"]
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    shard_arg = args[args.index("--shard") + 1]
+    assert shard_arg == f"$(POD_NAME)/{replicas}"
+    # What Kubernetes substitutes for each pod parses to its own shard.
+    shards = {
+        parse_shard(shard_arg.replace("$(POD_NAME)", f"staple-monitor-{i}"))
+        for i in range(replicas)
+    }
+    assert {s.index for s in shards} == set(range(replicas))
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes/sharded/kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / "kubernetes/sharded" / resource).exists(), resource
