@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from monitor.config import Config, ConfigError, Target, load_config, make_target
-from monitor.metrics import DaemonMetrics, ResultsCollector
+from monitor.metrics import DaemonMetrics, ResultsExposition
 from monitor.ocsp import State
 from monitor.runner import Clock, Result, check, parse_target
 from monitor.scheduler import Scheduler
@@ -66,7 +66,7 @@ class Daemon:
             lambda: len(self.assigned(self.config)),
             self.shard,
         )
-        self.registry.register(ResultsCollector(self.store.snapshot, self._targets_by_key))
+        self.results = ResultsExposition(self.store.snapshot, self._targets_by_key)
         ProcessCollector(registry=self.registry)
         self.scheduler = Scheduler(
             self.store,

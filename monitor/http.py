@@ -6,6 +6,7 @@ thread per request; /metrics content negotiation comes from prometheus_client.
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
 import socket
@@ -16,13 +17,13 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from monitor import __version__
 from monitor.daemon import Daemon, ProbeRefused
 from monitor.durations import humanize
-from monitor.metrics import ProbeCollector
+from monitor.metrics import probe_exposition
 from monitor.ocsp import State
 from monitor.webconfig import WebConfig
 
@@ -51,7 +52,6 @@ class App:
     def __init__(self, daemon: Daemon, web: WebConfig | None = None) -> None:
         self.daemon = daemon
         self.web = web or WebConfig()
-        self._metrics_app = make_wsgi_app(daemon.registry)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self.web.authorised(environ.get("HTTP_AUTHORIZATION")):
@@ -73,7 +73,7 @@ class App:
         if method not in ("GET", "HEAD"):
             return _reply(start_response, "405 Method Not Allowed", "use GET\n")
         if path == "/metrics":
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            return self.metrics(environ, start_response)
         if path == "/probe":
             return self.probe(environ, start_response)
         if path == "/healthz":
@@ -83,6 +83,19 @@ class App:
         if path == "/":
             return _reply(start_response, "200 OK", self.status_page(), "text/html")
         return _reply(start_response, "404 Not Found", "not found\n")
+
+    def metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """Every result, then the daemon's own metrics, in the text format (0.0.4)."""
+        body = (
+            self.daemon.results.render() + generate_latest(self.daemon.registry).decode()
+        ).encode()
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
 
     def probe(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         """Probe one target now and return only its metrics (blackbox_exporter's pattern)."""
@@ -124,9 +137,7 @@ class App:
             reason = {400: "Bad Request", 403: "Forbidden", 503: "Service Unavailable"}
             status = f"{exc.status} {reason.get(exc.status, 'Error')}"
             return _reply(start_response, status, f"{exc}\n")
-        registry = CollectorRegistry(auto_describe=True)
-        registry.register(ProbeCollector(results, target.labels))
-        metrics = generate_latest(registry).decode()
+        metrics = probe_exposition(results, target.labels)
         if debug:
             lines = [line for r in results for line in r.log]
             body = "Logs for the probe:\n" + "\n".join(lines) + "\n\nMetrics:\n" + metrics

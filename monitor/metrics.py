@@ -1,6 +1,6 @@
-"""Every metric name lives here. Results are rendered on each scrape by a custom Collector.
+"""Every metric name lives here. Results are rendered on each scrape from the store.
 
-``render`` serves both ``/metrics`` (background results, with counters) and
+``exposition`` serves both ``/metrics`` (background results, with counters) and
 ``/probe`` (one fresh probe), so the two cannot drift apart. A value that does
 not exist is an absent series, never 0 or a sentinel.
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from monitor import __version__
 from monitor.config import Target
@@ -24,6 +23,9 @@ from monitor.ocsp import CertStatus, Reason, ResponseStatus
 from monitor.runner import Result
 from monitor.shard import Shard
 from monitor.store import Key, Snapshot
+
+# client_python's own number formatting (Go style: +Inf, NaN, 1.5e+09), untyped upstream.
+_number: Callable[[float], str] = floatToGoString
 
 PREFIX = "ocsp_staple_"
 # Reasons that mean no handshake completed, so nothing about the server could be judged.
@@ -82,50 +84,72 @@ def _bool(value: bool | None) -> float | None:
     return None if value is None else float(value)
 
 
-def render(rows: Iterable[Row]) -> list[Metric]:
-    """Metric families for ``rows``; families with no samples are still described."""
-    fams = {
-        name: Metric(PREFIX + name, help_, kind) for name, (kind, help_) in RESULT_METRICS.items()
-    }
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-    def put(name: str, labels: dict[str, str], value: float | None) -> None:
-        if value is not None:
-            fam = fams[name]
-            suffix = "_total" if fam.type == "counter" else ""
-            fam.add_sample(fam.name + suffix, labels, value)
 
-    for row in rows:
-        base, r = row.labels, row.result
-        v = r.verdict
-        put("probe_success", base, float(v.reason not in PROBE_FAILURES))
-        put("state", {**base, "state": v.state.value, "reason": v.reason.value}, 1.0)
-        put("last_probe_timestamp_seconds", base, r.started_at.timestamp())
-        put("probe_duration_seconds", base, r.duration_seconds)
-        put("probe_retried", base, float(r.retried))
-        put("present", base, _bool(v.staple_present))
-        if v.response_status is not None:
-            for status in ResponseStatus:
-                put("response_status", {**base, "status": status.value},
-                    float(status is v.response_status))  # fmt: skip
-        # A status is only worth exporting once the signature proved who said it.
-        if v.cert_status is not None and v.signature_valid:
-            for cs in CertStatus:
-                put("cert_status", {**base, "status": cs.value}, float(cs is v.cert_status))
-            put("revocation_timestamp_seconds", base, _ts(v.revocation_time))
-        put("signature_valid", base, _bool(v.signature_valid))
-        put("fresh", base, _bool(v.fresh))
-        put("this_update_timestamp_seconds", base, _ts(v.this_update))
-        put("next_update_timestamp_seconds", base, _ts(v.next_update))
-        put("produced_at_timestamp_seconds", base, _ts(v.produced_at))
-        put("must_staple", base, _bool(v.must_staple))
-        put("chain_trusted", base, _bool(v.chain_trusted))
-        put("certificate_not_after_timestamp_seconds", base, _ts(v.leaf_not_after))
-        put("probe_interval_seconds", base, row.interval)
-        if row.probes is not None:
-            put("probes", base, float(row.probes))
-            for reason, count in sorted(row.failures.items()):
-                put("probe_failures", {**base, "reason": reason.value}, float(count))
-    return list(fams.values())
+def _label_text(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
+def row_samples(row: Row) -> dict[str, str]:
+    """The exposition lines of one row, per metric family (absent values have none)."""
+    out: dict[str, list[str]] = {}
+    base = _label_text(row.labels)
+
+    def put(name: str, value: float | None, extra: str = "") -> None:
+        if value is None:
+            return
+        kind = RESULT_METRICS[name][0]
+        full = PREFIX + name + ("_total" if kind == "counter" else "")
+        out.setdefault(name, []).append(f"{full}{{{base}{extra}}} {_number(value)}\n")
+
+    r = row.result
+    v = r.verdict
+    put("probe_success", float(v.reason not in PROBE_FAILURES))
+    put("state", 1.0, f',state="{v.state.value}",reason="{v.reason.value}"')
+    put("last_probe_timestamp_seconds", r.started_at.timestamp())
+    put("probe_duration_seconds", r.duration_seconds)
+    put("probe_retried", float(r.retried))
+    put("present", _bool(v.staple_present))
+    if v.response_status is not None:
+        for status in ResponseStatus:
+            put("response_status", float(status is v.response_status), f',status="{status.value}"')
+    # A status is only worth exporting once the signature proved who said it.
+    if v.cert_status is not None and v.signature_valid:
+        for cs in CertStatus:
+            put("cert_status", float(cs is v.cert_status), f',status="{cs.value}"')
+        put("revocation_timestamp_seconds", _ts(v.revocation_time))
+    put("signature_valid", _bool(v.signature_valid))
+    put("fresh", _bool(v.fresh))
+    put("this_update_timestamp_seconds", _ts(v.this_update))
+    put("next_update_timestamp_seconds", _ts(v.next_update))
+    put("produced_at_timestamp_seconds", _ts(v.produced_at))
+    put("must_staple", _bool(v.must_staple))
+    put("chain_trusted", _bool(v.chain_trusted))
+    put("certificate_not_after_timestamp_seconds", _ts(v.leaf_not_after))
+    put("probe_interval_seconds", row.interval)
+    if row.probes is not None:
+        put("probes", float(row.probes))
+        for reason, count in sorted(row.failures.items()):
+            put("probe_failures", float(count), f',reason="{reason.value}"')
+    return {name: "".join(lines) for name, lines in out.items()}
+
+
+def exposition(chunks: Iterable[dict[str, str]]) -> str:
+    """Text exposition (format 0.0.4) of rows' samples, grouped by family, every family described.
+
+    One render function for /metrics and /probe, so the two cannot drift apart. It writes
+    the text itself instead of going through client_python's Metric objects: at 10,000
+    targets (250,000 samples) generate_latest took 2 s per scrape, this takes a fraction.
+    """
+    chunks = list(chunks)
+    parts = []
+    for name, (kind, help_) in RESULT_METRICS.items():
+        parts.append(f"# HELP {PREFIX}{name}{'_total' if kind == 'counter' else ''} {help_}\n")
+        parts.append(f"# TYPE {PREFIX}{name}{'_total' if kind == 'counter' else ''} {kind}\n")
+        parts.extend(c[name] for c in chunks if name in c)
+    return "".join(parts)
 
 
 def identity_labels(
@@ -141,8 +165,12 @@ def identity_labels(
     return labels
 
 
-class ResultsCollector(Collector):
-    """Renders the store on every scrape; a target gone from the config is gone from here."""
+class ResultsExposition:
+    """Renders the store on every scrape; a target gone from the config is gone from here.
+
+    Each (target, address) is rendered once per new result and reused until the next,
+    so a scrape costs string joins for the targets that did not change.
+    """
 
     def __init__(
         self,
@@ -151,37 +179,43 @@ class ResultsCollector(Collector):
     ) -> None:
         self._snapshot = snapshot
         self._targets = targets
+        self._cache: dict[tuple[Key, str | None], tuple[object, dict[str, str]]] = {}
+        self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> str:
         snap = self._snapshot()
         targets = self._targets()
-        rows = []
-        for key, results in snap.results.items():
-            if key not in targets:
-                continue
-            target = targets[key]
-            for r in results:
-                rows.append(
-                    Row(
-                        identity_labels(target.name, r, target.labels),
-                        r,
-                        snap.probes[(key, r.address)],
-                        dict(snap.failures.get((key, r.address), {})),
-                        target.interval.total_seconds(),
-                    )
-                )
-        yield from render(rows)
+        chunks = []
+        fresh: dict[tuple[Key, str | None], tuple[object, dict[str, str]]] = {}
+        with self._lock:
+            for key, results in snap.results.items():
+                target = targets.get(key)
+                if target is None:
+                    continue
+                for r in results:
+                    ckey = (key, r.address)
+                    probes = snap.probes[ckey]
+                    # The same result object with the same count and labels renders the same.
+                    stamp = (id(r), probes, target.labels, target.interval)
+                    cached = self._cache.get(ckey)
+                    if cached is None or cached[0] != stamp:
+                        row = Row(
+                            identity_labels(target.name, r, target.labels),
+                            r,
+                            probes,
+                            dict(snap.failures.get(ckey, {})),
+                            target.interval.total_seconds(),
+                        )
+                        cached = (stamp, row_samples(row))
+                    fresh[ckey] = cached
+                    chunks.append(cached[1])
+            self._cache = fresh  # drops what is gone
+        return exposition(chunks)
 
 
-class ProbeCollector(Collector):
-    """One /probe request's results, for a fresh registry."""
-
-    def __init__(self, results: Sequence[Result], labels: Sequence[tuple[str, str]] = ()) -> None:
-        self._results = results
-        self._labels = labels
-
-    def collect(self) -> Iterator[Metric]:
-        yield from render(Row(identity_labels(r.target, r, self._labels), r) for r in self._results)
+def probe_exposition(results: Sequence[Result], labels: Sequence[tuple[str, str]] = ()) -> str:
+    """One /probe request's results, rendered like /metrics (without counters)."""
+    return exposition(row_samples(Row(identity_labels(r.target, r, labels), r)) for r in results)
 
 
 class DaemonMetrics:

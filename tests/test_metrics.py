@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from monitor.metrics import RESULT_METRICS, ProbeCollector
+from monitor.metrics import RESULT_METRICS, probe_exposition
 from monitor.ocsp import CertStatus, Reason, ResponseStatus, State, Verdict, failure
 from monitor.runner import Result
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def _registry(verdict: Verdict) -> CollectorRegistry:
+class _Parsed:
+    """The exposition text parsed back with client_python's own parser."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.families = list(text_string_to_metric_families(text))
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+    def get_sample_value(self, name: str, labels: dict[str, str]) -> float | None:
+        for fam in self.families:
+            for s in fam.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return None
+
+
+def _registry(verdict: Verdict) -> _Parsed:
     result = Result("a.test:443", "127.0.0.1", "a.test", verdict, T0, 0.25)
-    registry = CollectorRegistry()
-    registry.register(ProbeCollector([result]))
-    return registry
+    return _Parsed(probe_exposition([result]))
 
 
 LABELS = {"target": "a.test:443", "address": "127.0.0.1", "server_name": "a.test"}
