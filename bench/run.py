@@ -298,7 +298,7 @@ def main() -> int:
         finally:
             d.stop()
         for n in (args.big // 10, args.big):
-            d = run_daemon(lab, work, n, "1h", args.workers)
+            d = run_daemon(lab, work, n, "30s", args.workers)
             try:
                 t0 = time.monotonic()
                 text = d.get("/metrics").text
