@@ -314,24 +314,9 @@ def _target(
     labels = _labels(c, data.get("labels", {}), f"{path}.labels")
     if len(c.problems) > before or host is None or port is None:
         return None
-    ca_file = settings.ca_file
-    if ca_file is not None and not Path(ca_file).is_absolute():
-        ca_file = str(config_dir / ca_file)
-    return Target(
-        host=host,
-        port=port,
-        server_name=server_name,
-        interval=settings.interval,
-        timeout=settings.timeout,
-        warn_within=settings.warn_within,
-        skew=settings.skew,
-        retry_no_staple=settings.retry_no_staple,
-        addresses=settings.addresses,
-        pinned=pinned,
-        tls_version=settings.tls_version,
-        ca_file=ca_file,
-        labels=labels,
-    )
+    if settings.ca_file is not None and not Path(settings.ca_file).is_absolute():
+        settings = replace(settings, ca_file=str(config_dir / settings.ca_file))
+    return make_target(host, port, server_name, settings, pinned=pinned, labels=labels)
 
 
 def _labels(c: _Checker, raw: Any, path: str) -> tuple[tuple[str, str], ...]:
@@ -479,8 +464,16 @@ def _target_list(
     return out
 
 
-def make_target(host: str, port: int, server_name: str | None, defaults: Defaults) -> Target:
-    """A target that is not in the configuration (``/probe`` with arbitrary targets allowed)."""
+def make_target(
+    host: str,
+    port: int,
+    server_name: str | None,
+    defaults: Defaults,
+    *,
+    pinned: tuple[str, ...] = (),
+    labels: tuple[tuple[str, str], ...] = (),
+) -> Target:
+    """A target with ``defaults`` applied: from the configuration, or ad hoc for ``/probe``."""
     return Target(
         host=host,
         port=port,
@@ -491,7 +484,8 @@ def make_target(host: str, port: int, server_name: str | None, defaults: Default
         skew=defaults.skew,
         retry_no_staple=defaults.retry_no_staple,
         addresses=defaults.addresses,
-        pinned=(),
+        pinned=pinned,
         tls_version=defaults.tls_version,
         ca_file=defaults.ca_file,
+        labels=labels,
     )
