@@ -10,9 +10,11 @@ stay in the verdict; facts after it are None ("not checked").
 from __future__ import annotations
 
 import enum
+import hashlib
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -28,6 +30,7 @@ from cryptography.x509.oid import (
 from cryptography.x509.verification import PolicyBuilder, VerificationError
 
 from monitor.durations import format_duration
+from monitor.memo import Memo
 from monitor.probe import Capture
 from monitor.trust import Trust
 
@@ -221,40 +224,38 @@ def evaluate(
     skew: timedelta = DEFAULT_SKEW,
     warn_within: timedelta = DEFAULT_WARN_WITHIN,
 ) -> Verdict:
-    """Judge one capture at time ``now`` (timezone-aware, UTC)."""
+    """Judge one capture at time ``now`` (timezone-aware, UTC).
+
+    The costly steps that depend only on the bytes (reading the chain, verifying it,
+    checking the staple's CertID, signer and signature) are remembered in
+    ``trust.memo`` with the window of time in which they hold; the clock-dependent
+    steps run every time.
+    """
     if capture.error is not None:
         return failure(Reason(capture.error.value), capture.error_detail)
     walk = _Walk()
     f = walk.facts
     if not capture.chain:
         return walk.stop(Reason.TLS_ERROR, "the server sent no certificate")
-    for position, cert in enumerate(capture.chain):
-        problem = _unparseable(cert)
-        if problem:
-            what = "the server's certificate" if position == 0 else f"chain certificate {position}"
-            return walk.stop(Reason.UNTRUSTED_CHAIN, f"{what} cannot be parsed: {problem}")
+    memo = trust.memo
+    prints = tuple(_fingerprint(c) for c in capture.chain)
+    step = _memoized(memo, ("chain", prints), now, lambda: _read_chain(capture.chain))
+    f.update(step.facts)
+    if step.stop is not None:
+        return walk.stop(*step.stop)
     leaf = capture.chain[0]
-    f["leaf_subject"] = leaf.subject.rfc4514_string()
-    f["leaf_serial"] = format(leaf.serial_number, "X")
-    f["leaf_not_after"] = leaf.not_valid_after_utc
-    f["must_staple"] = _must_staple(leaf)
-    f["ocsp_urls"] = _ocsp_urls(leaf)
 
     # Who issued the leaf, proven by a verified path to a trust anchor. Without it
     # neither the CertID nor the signature can be checked (RFC 6960 3.2 steps 1-3).
-    issuer, chain_error = _verified_issuer(capture, trust, now)
-    if issuer is None:
-        f["chain_trusted"] = False
-        named = [c for c in capture.chain[1:] if c.subject == leaf.issuer]
-        if not named and not trust.anchors_named(leaf.issuer):
-            return walk.stop(
-                Reason.ISSUER_MISSING,
-                f"the server did not send the issuer certificate ({leaf.issuer.rfc4514_string()})"
-                " and the trust store does not hold it; the staple cannot be checked",
-            )
-        return walk.stop(Reason.UNTRUSTED_CHAIN, f"chain does not verify: {chain_error}")
-    f["chain_trusted"] = True
-    f["issuer_subject"] = issuer.subject.rfc4514_string()
+    name = _verification_subject(capture)
+    step = _memoized(memo, ("path", name, prints), now, lambda: _verify_path(capture, trust, now))
+    f.update(step.facts)
+    if step.stop is not None:
+        return walk.stop(*step.stop)
+    issuer = (
+        step.issuer if isinstance(step.issuer, x509.Certificate) else capture.chain[step.issuer]
+    )
+    issuer_print = prints[step.issuer] if isinstance(step.issuer, int) else _fingerprint(issuer)
 
     f["staple_present"] = capture.staple is not None
     if capture.staple is None:
@@ -273,24 +274,217 @@ def evaluate(
             )
         return walk.stop(Reason.NO_STAPLE, "the server sent no OCSP staple")
     f["staple_bytes"] = len(capture.staple)
+    return walk.stop(
+        *judge_response(
+            capture.staple,
+            leaf,
+            issuer,
+            f,
+            now=now,
+            skew=skew,
+            warn_within=warn_within,
+            memo=memo,
+            prints=(prints[0], issuer_print),
+            source="staple",
+        )
+    )
+
+
+def judge_response(
+    der: bytes,
+    leaf: x509.Certificate,
+    issuer: x509.Certificate,
+    facts: dict[str, Any],
+    *,
+    now: datetime,
+    skew: timedelta,
+    warn_within: timedelta,
+    memo: Memo,
+    prints: tuple[bytes, bytes] | None = None,
+    source: str = "staple",
+) -> tuple[Reason, str]:
+    """Judge a DER OCSPResponse about ``leaf`` (issued by ``issuer``) at ``now``.
+
+    Used for the stapled response and for the responder's own answer, so both get
+    the same checks. Adds what it finds to ``facts`` (which must already hold
+    ``leaf_serial`` and ``issuer_subject``) and returns where the walk stops.
+    ``source`` names the response in the details ("staple", "responder's answer").
+    """
+    leaf_print, issuer_print = prints or (_fingerprint(leaf), _fingerprint(issuer))
+    key = ("response", hashlib.sha256(der).digest(), leaf_print, issuer_print, source)
+    step = _memoized(
+        memo,
+        key,
+        now,
+        lambda: _read_response(der, leaf, issuer, facts["leaf_serial"], facts["issuer_subject"],
+                               now, source),
+    )  # fmt: skip
+    facts.update(step.facts)
+    if step.stop is not None:
+        return step.stop
+
+    this_update: datetime = facts["this_update"]
+    next_update: datetime | None = facts["next_update"]
+    # RFC 6960 3.2 steps 4 and 5: thisUpdate recent enough, nextUpdate in the future.
+    not_yet = this_update > now + skew
+    if next_update is not None:
+        expired = now >= next_update
+        facts["seconds_to_next_update"] = (next_update - now).total_seconds()
+    else:
+        expired = now - this_update > NO_NEXT_UPDATE_MAX_AGE
+    facts["fresh"] = not not_yet and not expired
+
+    if facts["cert_status"] is CertStatus.REVOKED:
+        when = facts["revocation_time"].isoformat()
+        why = f"; reason {facts['revocation_reason']}" if facts["revocation_reason"] else ""
+        return Reason.REVOKED, f"the {source} says the certificate was revoked at {when}{why}"
+    if facts["cert_status"] is CertStatus.UNKNOWN:
+        return Reason.UNKNOWN_STATUS, "the responder does not know this certificate"
+    if not_yet:
+        return Reason.NOT_YET_VALID, (
+            f"thisUpdate {this_update.isoformat()} is later than now plus the allowed skew"
+            f" of {format_duration(skew)}"
+        )
+    if expired:
+        if next_update is None:
+            return Reason.EXPIRED, (
+                f"no nextUpdate and thisUpdate {this_update.isoformat()} is older than"
+                f" {format_duration(NO_NEXT_UPDATE_MAX_AGE)}"
+            )
+        return Reason.EXPIRED, f"nextUpdate {next_update.isoformat()} has passed"
+    if next_update is not None and next_update - now < warn_within:
+        return Reason.EXPIRING_SOON, (
+            f"nextUpdate {next_update.isoformat()} is within {format_duration(warn_within)}:"
+            " the server has not fetched a fresh response"
+        )
+    return Reason.OK, f"a fresh, correctly signed 'good' {source} for this certificate"
+
+
+_EVER = datetime.min.replace(tzinfo=UTC)
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What a costly step worked out from bytes: the facts it adds, where the walk
+    stops (None: it goes on), the issuer it found (an index into the chain or an
+    anchor), and the window of time in which all that holds. A window that ends
+    before it starts means "true only now": such a step is never remembered."""
+
+    facts: tuple[tuple[str, Any], ...]
+    stop: tuple[Reason, str] | None = None
+    issuer: int | x509.Certificate = 0
+    valid_from: datetime = _EVER
+    valid_until: datetime = _NEVER
+
+
+def _only_now(facts: dict[str, Any], reason: Reason, detail: str) -> _Step:
+    return _Step(tuple(facts.items()), (reason, detail), valid_from=_NEVER, valid_until=_EVER)
+
+
+def _memoized(memo: Memo, key: Any, now: datetime, work: Callable[[], _Step]) -> _Step:
+    step = memo.get(key)
+    if isinstance(step, _Step) and step.valid_from <= now <= step.valid_until:
+        return step
+    step = work()
+    if step.valid_from <= step.valid_until:
+        memo.put(key, step)
+    return step
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+def _read_chain(chain: tuple[x509.Certificate, ...]) -> _Step:
+    for position, cert in enumerate(chain):
+        problem = _unparseable(cert)
+        if problem:
+            what = "the server's certificate" if position == 0 else f"chain certificate {position}"
+            return _Step((), (Reason.UNTRUSTED_CHAIN, f"{what} cannot be parsed: {problem}"))
+    leaf = chain[0]
+    return _Step(
+        (
+            ("leaf_subject", leaf.subject.rfc4514_string()),
+            ("leaf_serial", format(leaf.serial_number, "X")),
+            ("leaf_not_after", leaf.not_valid_after_utc),
+            ("must_staple", _must_staple(leaf)),
+            ("ocsp_urls", _ocsp_urls(leaf)),
+        )
+    )
+
+
+def _verify_path(capture: Capture, trust: Trust, now: datetime) -> _Step:
+    leaf, intermediates = capture.chain[0], list(capture.chain[1:])
+    try:
+        verifier = (
+            PolicyBuilder()
+            .store(trust.store)
+            .time(now)
+            .build_server_verifier(_verification_subject(capture))
+        )
+        path = verifier.verify(leaf, intermediates)
+    except (VerificationError, ValueError) as exc:
+        f: dict[str, Any] = {"chain_trusted": False}
+        named = [c for c in capture.chain[1:] if c.subject == leaf.issuer]
+        if not named and not trust.anchors_named(leaf.issuer):
+            return _only_now(
+                f,
+                Reason.ISSUER_MISSING,
+                f"the server did not send the issuer certificate ({leaf.issuer.rfc4514_string()})"
+                " and the trust store does not hold it; the staple cannot be checked",
+            )
+        return _only_now(f, Reason.UNTRUSTED_CHAIN, f"chain does not verify: {exc}")
+    # A leaf that is itself an anchor is its own issuer.
+    found = path[1] if len(path) > 1 else path[0]
+    issuer: int | x509.Certificate = next(
+        (i for i, c in enumerate(capture.chain) if c == found),
+        next((a for a in trust.anchors if a == found), found),
+    )
+    # The path holds as long as every certificate on it is valid.
+    return _Step(
+        (("chain_trusted", True), ("issuer_subject", found.subject.rfc4514_string())),
+        issuer=issuer,
+        valid_from=max(c.not_valid_before_utc for c in path),
+        valid_until=min(c.not_valid_after_utc for c in path),
+    )
+
+
+def _read_response(
+    der: bytes,
+    leaf: x509.Certificate,
+    issuer: x509.Certificate,
+    leaf_serial: str,
+    issuer_subject: str,
+    now: datetime,
+    source: str,
+) -> _Step:
+    """The steps of RFC 6960 3.2 that depend on the bytes alone (and on the time only
+    through a delegated responder certificate's validity)."""
+    f: dict[str, Any] = {}
+
+    def stop(reason: Reason, detail: str) -> _Step:
+        return _Step(tuple(f.items()), (reason, detail))
 
     try:
-        response = ocsp.load_der_ocsp_response(capture.staple)
+        response = ocsp.load_der_ocsp_response(der)
     except ValueError as exc:
-        return walk.stop(Reason.MALFORMED_STAPLE, f"the staple is not a DER OCSPResponse: {exc}")
+        return stop(Reason.MALFORMED_STAPLE, f"the {source} is not a DER OCSPResponse: {exc}")
     status = _RESPONSE_STATUS[response.response_status]
     f["response_status"] = status
     if status is not ResponseStatus.SUCCESSFUL:
-        return walk.stop(
+        return stop(
             Reason.RESPONDER_ERROR,
-            f"the stapled response has status {status.value} and carries no certificate status",
+            f"the {source} has status {status.value} and carries no certificate status",
         )
     try:
         singles = list(response.responses)
         f["responder_id"] = _responder_id(response)
         f["produced_at"] = response.produced_at_utc
-    except ValueError as exc:
-        return walk.stop(Reason.MALFORMED_STAPLE, f"the stapled response cannot be read: {exc}")
+    except (ValueError, TypeError) as exc:
+        # cryptography builds names lazily and raises TypeError for some malformed
+        # attribute types (found by fuzzing): the response is unreadable either way.
+        return stop(Reason.MALFORMED_STAPLE, f"the {source} cannot be read: {exc}")
     f["single_responses"] = len(singles)
 
     # RFC 6960 3.2 step 1: the certificate identified in the response is the leaf.
@@ -298,75 +492,47 @@ def evaluate(
     if single is None:
         f["cert_id_match"] = False
         serials = ", ".join(sorted({format(s.serial_number, "X") for s in singles})) or "none"
-        return walk.stop(
+        return stop(
             Reason.CERT_ID_MISMATCH,
-            f"the staple is not about this certificate (serial {f['leaf_serial']} from"
-            f" {f['issuer_subject']}); it covers serial(s) {serials}",
+            f"the {source} is not about this certificate (serial {leaf_serial} from"
+            f" {issuer_subject}); it covers serial(s) {serials}",
         )
     f["cert_id_match"] = True
     f["cert_status"] = _CERT_STATUS[single.certificate_status]
     f["this_update"] = single.this_update_utc
     f["next_update"] = single.next_update_utc
+    f["revocation_time"] = None
+    f["revocation_reason"] = None
     if f["cert_status"] is CertStatus.REVOKED:
         f["revocation_time"] = single.revocation_time_utc
         reason = single.revocation_reason
         f["revocation_reason"] = reason.value if reason is not None else None
 
     # RFC 6960 3.2 steps 3 and 4.2.2.2: the signer is the issuer or a responder it authorised.
-    signer, signer_problem = _authorised_signer(response, issuer, now)
+    signer, signer_problem, valid_from, valid_until = _authorised_signer(response, issuer, now)
     if signer is None:
-        return walk.stop(Reason.UNAUTHORIZED_RESPONDER, signer_problem)
+        return _Step(
+            tuple(f.items()),
+            (Reason.UNAUTHORIZED_RESPONDER, signer_problem),
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
     f["signer"] = Signer.ISSUER if signer is issuer else Signer.DELEGATED
     f["signer_subject"] = signer.subject.rfc4514_string()
 
     # RFC 6960 3.2 step 2: the signature on the response is valid.
     f["signature_valid"] = _signature_ok(response, signer)
     if not f["signature_valid"]:
-        return walk.stop(
-            Reason.BAD_SIGNATURE,
-            f"the response's signature does not verify with the key of {f['signer_subject']}",
+        return _Step(
+            tuple(f.items()),
+            (
+                Reason.BAD_SIGNATURE,
+                f"the {source}'s signature does not verify with the key of {f['signer_subject']}",
+            ),
+            valid_from=valid_from,
+            valid_until=valid_until,
         )
-
-    this_update: datetime = f["this_update"]
-    next_update: datetime | None = f["next_update"]
-    # RFC 6960 3.2 steps 4 and 5: thisUpdate recent enough, nextUpdate in the future.
-    not_yet = this_update > now + skew
-    if next_update is not None:
-        expired = now >= next_update
-        f["seconds_to_next_update"] = (next_update - now).total_seconds()
-    else:
-        expired = now - this_update > NO_NEXT_UPDATE_MAX_AGE
-    f["fresh"] = not not_yet and not expired
-
-    if f["cert_status"] is CertStatus.REVOKED:
-        when = f["revocation_time"].isoformat()
-        why = f"; reason {f['revocation_reason']}" if f["revocation_reason"] else ""
-        return walk.stop(
-            Reason.REVOKED, f"the staple says the certificate was revoked at {when}{why}"
-        )
-    if f["cert_status"] is CertStatus.UNKNOWN:
-        return walk.stop(Reason.UNKNOWN_STATUS, "the responder does not know this certificate")
-    if not_yet:
-        return walk.stop(
-            Reason.NOT_YET_VALID,
-            f"thisUpdate {this_update.isoformat()} is later than now plus the allowed skew"
-            f" of {format_duration(skew)}",
-        )
-    if expired:
-        if next_update is None:
-            return walk.stop(
-                Reason.EXPIRED,
-                f"no nextUpdate and thisUpdate {this_update.isoformat()} is older than"
-                f" {format_duration(NO_NEXT_UPDATE_MAX_AGE)}",
-            )
-        return walk.stop(Reason.EXPIRED, f"nextUpdate {next_update.isoformat()} has passed")
-    if next_update is not None and next_update - now < warn_within:
-        return walk.stop(
-            Reason.EXPIRING_SOON,
-            f"nextUpdate {next_update.isoformat()} is within {format_duration(warn_within)}:"
-            " the server has not fetched a fresh response",
-        )
-    return walk.stop(Reason.OK, "a fresh, correctly signed 'good' staple for this certificate")
+    return _Step(tuple(f.items()), valid_from=valid_from, valid_until=valid_until)
 
 
 def _unparseable(cert: x509.Certificate) -> str | None:
@@ -420,25 +586,6 @@ def _verification_subject(capture: Capture) -> x509.verification.Subject:
         return x509.DNSName(name)
 
 
-def _verified_issuer(
-    capture: Capture, trust: Trust, now: datetime
-) -> tuple[x509.Certificate | None, str]:
-    """The leaf's issuer on a path verified to a trust anchor, or None and why not."""
-    leaf, intermediates = capture.chain[0], list(capture.chain[1:])
-    try:
-        verifier = (
-            PolicyBuilder()
-            .store(trust.store)
-            .time(now)
-            .build_server_verifier(_verification_subject(capture))
-        )
-        path = verifier.verify(leaf, intermediates)
-    except (VerificationError, ValueError) as exc:
-        return None, str(exc)
-    # A leaf that is itself an anchor is its own issuer.
-    return (path[1] if len(path) > 1 else path[0]), ""
-
-
 def _key_hash(cert: x509.Certificate) -> bytes:
     # RFC 6960 4.2.1 KeyHash: SHA-1 of the subjectPublicKey BIT STRING value, which is
     # exactly RFC 5280 4.2.1.2 method (1) for a key identifier.
@@ -480,16 +627,23 @@ def _names_signer(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
 
 def _authorised_signer(
     response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
-) -> tuple[x509.Certificate | None, str]:
+) -> tuple[x509.Certificate | None, str, datetime, datetime]:
+    """The response's signer, or None and why not, and the window in which that holds."""
     if _names_signer(response, issuer):
-        return issuer, ""
+        return issuer, "", _EVER, _NEVER
     candidates = [c for c in response.certificates if _names_signer(response, c)]
     if not candidates:
-        return None, (
-            f"the response was signed by {_responder_id(response)}, which is neither the"
-            " issuer nor a responder certificate included in the response"
+        return (
+            None,
+            (
+                f"the response was signed by {_responder_id(response)}, which is neither the"
+                " issuer nor a responder certificate included in the response"
+            ),
+            _EVER,
+            _NEVER,
         )
     problems = []
+    timed = False  # a candidate was refused for the time alone: the answer holds only now
     for cand in candidates:
         # RFC 6960 4.2.2.2: issued directly by the CA, with id-kp-OCSPSigning, valid now.
         who = cand.subject.rfc4514_string()
@@ -507,14 +661,17 @@ def _authorised_signer(
             problems.append(f"responder certificate {who} lacks the id-kp-OCSPSigning key usage")
             continue
         if not cand.not_valid_before_utc <= now <= cand.not_valid_after_utc:
+            timed = True
             problems.append(
                 f"responder certificate {who} is not valid now (valid"
                 f" {cand.not_valid_before_utc.isoformat()} to"
                 f" {cand.not_valid_after_utc.isoformat()})"
             )
             continue
-        return cand, ""
-    return None, "; ".join(problems)
+        if timed:
+            return cand, "", _NEVER, _EVER
+        return cand, "", cand.not_valid_before_utc, cand.not_valid_after_utc
+    return None, "; ".join(problems), (_NEVER if timed else _EVER), (_EVER if timed else _NEVER)
 
 
 def _signature_ok(response: ocsp.OCSPResponse, signer: x509.Certificate) -> bool:

@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import Store
 
+from monitor.memo import Memo
+
 # Where Debian, Fedora/RHEL and Alpine keep the system bundle, for Pythons whose
 # OpenSSL was built with another default directory (pyenv, manylinux wheels).
 _SYSTEM_BUNDLES = (
@@ -34,6 +36,9 @@ class Trust:
     anchors: tuple[x509.Certificate, ...]
     source: str
     store: Store = field(repr=False, compare=False)
+    # What verdicts against these anchors have already worked out (see monitor.memo);
+    # a reload makes a new Trust, so nothing outlives the anchors it was checked with.
+    memo: Memo = field(default_factory=Memo, repr=False, compare=False)
 
     def anchors_named(self, name: x509.Name) -> list[x509.Certificate]:
         """Anchors whose subject is ``name``."""

@@ -375,3 +375,45 @@ def test_bad_ca_file_names_the_file(tmp_path: Any) -> None:
     empty.write_text("not a certificate\n")
     with pytest.raises(TrustError, match=r"empty\.pem: "):
         load_trust(str(empty))
+
+
+def test_remembered_steps_hold_only_within_their_time_window() -> None:
+    # The verdict remembers chain and staple checks by their bytes; the same capture
+    # judged at other times must still reach the verdict each time calls for.
+    w = World()
+    leaf = pki.make_leaf(["unit.test"], w.inter, NOW, ocsp_url=URL, days=30)
+    capture = w.capture(w.response(leaf, next_update=NOW + 7 * DAY), leaf=leaf)
+    assert evaluate(capture, w.trust, now=NOW).reason is Reason.OK
+    hits = w.trust.memo.hits
+    assert evaluate(capture, w.trust, now=NOW).reason is Reason.OK
+    assert w.trust.memo.hits > hits  # the second look was remembered, not recomputed
+    assert evaluate(capture, w.trust, now=NOW + 8 * DAY).reason is Reason.EXPIRED
+    late = evaluate(capture, w.trust, now=NOW + 31 * DAY)
+    assert late.reason is Reason.UNTRUSTED_CHAIN, late.detail
+    early = evaluate(capture, w.trust, now=NOW - 2 * DAY)
+    assert early.reason is Reason.UNTRUSTED_CHAIN, early.detail
+    assert evaluate(capture, w.trust, now=NOW).reason is Reason.OK
+
+
+def test_remembered_delegated_responder_expires_with_its_certificate() -> None:
+    w = World()
+    responder = pki.make_responder("unit responder", w.inter, NOW - 300 * DAY)  # ends NOW+65d
+    leaf = pki.make_leaf(["unit.test"], w.inter, NOW, ocsp_url=URL, days=200)
+    staple = w.response(leaf, signer=responder, include_signer=True, next_update=NOW + 150 * DAY)
+    capture = w.capture(staple, leaf=leaf)
+    assert evaluate(capture, w.trust, now=NOW).reason is Reason.OK
+    after = evaluate(capture, w.trust, now=NOW + 70 * DAY)
+    assert after.reason is Reason.UNAUTHORIZED_RESPONDER, after.detail
+    assert "not valid now" in after.detail
+    assert evaluate(capture, w.trust, now=NOW).reason is Reason.OK
+
+
+def test_memo_is_bounded() -> None:
+    from monitor.memo import Memo
+
+    memo = Memo(limit=3)
+    for i in range(10):
+        memo.put(i, str(i))
+    assert len(memo) == 3
+    assert memo.get(0) is None
+    assert memo.get(9) == "9"

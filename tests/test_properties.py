@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp as cocsp
 from cryptography.x509.verification import Store
@@ -101,3 +103,15 @@ def test_mutated_chain_certificates_never_raise(which: int, junk: bytes) -> None
     chain = list(certs[:2])
     chain[min(which, 1)] = mutated
     well_formed(judge(GOOD, tuple(chain)))
+
+
+REGRESSIONS = sorted((Path(__file__).parent / "fuzz" / "regressions").glob("*.der"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
+def test_inputs_fuzzing_once_crashed_on_give_a_verdict(path: Path) -> None:
+    # responder-name-bitstring: a responderID name whose attribute is a BIT STRING
+    # under another OID made cryptography raise TypeError out of the verdict.
+    v = judge(path.read_bytes())
+    well_formed(v)
+    assert v.reason is Reason.MALFORMED_STAPLE, v.detail
