@@ -6,12 +6,13 @@ thread per request; /metrics content negotiation comes from prometheus_client.
 
 from __future__ import annotations
 
-import gzip
 import html
+import itertools
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
@@ -33,6 +34,16 @@ StartResponse = Callable[..., Any]
 PROBE_PARAMS = frozenset({"target", "server_name", "debug"})
 MAX_QUERY = 2048
 HANDSHAKE_TIMEOUT = 10.0
+
+
+def _gzipped(parts: Iterable[str], tail: bytes) -> Iterator[bytes]:
+    # wbits=31: a gzip member (header and trailer), as Content-Encoding: gzip means.
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for part in parts:
+        data = z.compress(part.encode())
+        if data:
+            yield data
+    yield z.compress(tail) + z.flush()
 
 
 def _reply(
@@ -84,18 +95,21 @@ class App:
             return _reply(start_response, "200 OK", self.status_page(), "text/html")
         return _reply(start_response, "404 Not Found", "not found\n")
 
-    def metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        """Every result, then the daemon's own metrics, in the text format (0.0.4)."""
-        body = (
-            self.daemon.results.render() + generate_latest(self.daemon.registry).decode()
-        ).encode()
+    def metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Every result, then the daemon's own metrics, in the text format (0.0.4).
+
+        Streamed piece by piece (the connection's end marks the body's end), so a
+        large fleet's scrape never sits in memory whole, plain or compressed.
+        """
+        parts = self.daemon.results.render_parts()
+        own = generate_latest(self.daemon.registry)
         headers = [("Content-Type", CONTENT_TYPE_LATEST)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
+            start_response("200 OK", headers)
+            return _gzipped(parts, own)
         start_response("200 OK", headers)
-        return [body]
+        return itertools.chain((p.encode() for p in parts), (own,))
 
     def probe(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         """Probe one target now and return only its metrics (blackbox_exporter's pattern)."""

@@ -6,6 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -132,7 +133,9 @@ class Scheduler:
         target, trust = entry
         self._metrics.probe_started()
         try:
-            results = check(target.spec, trust, clock=self._clock)
+            # The step-by-step log is for /probe?debug=true and `check`; a daemon
+            # keeping it for every target would hold it for nothing.
+            results = [replace(r, log=()) for r in check(target.spec, trust, clock=self._clock)]
         finally:
             self._metrics.probe_finished()
         if key in self._targets:

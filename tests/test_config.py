@@ -18,9 +18,7 @@ TARGET_KEYS = (
 
 # file -> the problems reported, in order, each after "<file>: ".
 BAD = {
-    "bad-yaml-syntax.yaml": [
-        "line 4 column 1: YAML error: expected ',' or ']', but got '<stream end>'"
-    ],
+    "bad-yaml-syntax.yaml": ["line 4 column 1: YAML error: did not find expected ',' or ']'"],
     "bad-port.yaml": ['targets[0].port: expected an integer 1-65535, got "abc"'],
     "bad-port-range.yaml": [
         "targets[0].port: expected an integer 1-65535, got 70000",
