@@ -16,9 +16,10 @@ from monitor.config import Config, ConfigError, load_config
 from monitor.daemon import Daemon, ProbeOptions
 from monitor.durations import parse_duration
 from monitor.http import App, parse_listen_address, serve
-from monitor.ocsp import DEFAULT_SKEW, DEFAULT_WARN_WITHIN, State
+from monitor.ocsp import DEFAULT_LAG_WARNING, DEFAULT_SKEW, DEFAULT_WARN_WITHIN, State
 from monitor.probe import TLSVersion
 from monitor.report import render_json, render_text, worst_state
+from monitor.responder import ResponderClient, ResponderSettings
 from monitor.runner import CheckSpec, check, parse_target
 from monitor.shard import parse_shard
 from monitor.trust import TrustError, load_trust
@@ -118,6 +119,27 @@ def _add_check(sub: argparse._SubParsersAction[_Parser]) -> None:
         default=DEFAULT_SKEW,
         help="clock skew allowed for thisUpdate (default 5m)",
     )
+    p.add_argument(
+        "--no-responder",
+        dest="responder",
+        action="store_false",
+        help="do not cross-check the staple with the CA's OCSP responder (asked once by default)",
+    )
+    p.add_argument(
+        "--responder-timeout",
+        metavar="DURATION",
+        type=_duration,
+        default=ResponderSettings().timeout,
+        help="deadline for the responder's answer (default 5s)",
+    )
+    p.add_argument(
+        "--staple-lag-warning",
+        metavar="DURATION",
+        type=_duration,
+        default=DEFAULT_LAG_WARNING,
+        help="WARNING (staple_lagging) when the staple is this much older than the"
+        " responder's answer (default 12h)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_check, tls=TLSVersion.ANY)
 
@@ -128,9 +150,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"staple-monitor check: {exc}", file=sys.stderr)
         return UNKNOWN_EXIT
-    if args.timeout <= timedelta(0):
-        print("staple-monitor check: --timeout must be more than 0", file=sys.stderr)
-        return UNKNOWN_EXIT
+    for flag, value in (("--timeout", args.timeout), ("--responder-timeout",
+                                                      args.responder_timeout)):  # fmt: skip
+        if value <= timedelta(0):
+            print(f"staple-monitor check: {flag} must be more than 0", file=sys.stderr)
+            return UNKNOWN_EXIT
     try:
         trust = load_trust(args.ca_file)
     except TrustError as exc:
@@ -146,8 +170,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
         warn_within=args.warn_within,
         skew=args.skew,
         retry_no_staple=args.retry_delay,
+        responder_check=args.responder,
+        lag_warning=args.staple_lag_warning,
     )
-    results = check(spec, trust, clock=lambda: datetime.now(UTC))
+    # Addresses that serve the same certificate share one query; one command asks
+    # each certificate once, so no rate limit is needed.
+    responder = ResponderClient(
+        ResponderSettings(timeout=args.responder_timeout, min_interval=timedelta(0))
+    )
+    results = check(spec, trust, clock=lambda: datetime.now(UTC), responder=responder)
     if args.json:
         print(render_json(spec.target, results))
     else:

@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from monitor.durations import parse_duration
+from monitor.ocsp import DEFAULT_LAG_WARNING
 from monitor.probe import TLSVersion
+from monitor.responder import Method, ResponderSettings
 from monitor.runner import CheckSpec
 from monitor.trust import Trust, TrustError, load_trust
 
@@ -55,6 +57,8 @@ class Defaults:
     addresses: str = "all"
     tls_version: TLSVersion = TLSVersion.ANY
     ca_file: str | None = None
+    responder_check: bool = True
+    staple_lag_warning: timedelta = DEFAULT_LAG_WARNING
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Target:
     tls_version: TLSVersion
     ca_file: str | None
     labels: tuple[tuple[str, str], ...] = ()
+    responder_check: bool = True
+    staple_lag_warning: timedelta = DEFAULT_LAG_WARNING
 
     @property
     def spec(self) -> CheckSpec:
@@ -89,6 +95,8 @@ class Target:
             warn_within=self.warn_within,
             skew=self.skew,
             retry_no_staple=self.retry_no_staple,
+            responder_check=self.responder_check,
+            lag_warning=self.staple_lag_warning,
         )
 
     @property
@@ -111,6 +119,7 @@ class Config:
     workers: int = 64
     defaults: Defaults = Defaults()
     probe_allow: tuple[str, ...] = ()  # HOST:PORT shell patterns /probe may probe
+    responder: ResponderSettings = field(default_factory=ResponderSettings)
     trusts: dict[str | None, Trust] = field(default_factory=dict, compare=False, repr=False)
 
     def probe_allowed(self, host: str, port: int) -> bool:
@@ -249,14 +258,22 @@ class _Checker:
 
 def _defaults(c: _Checker, raw: Any, base: Defaults, path: str) -> Defaults:
     allowed = {"interval", "timeout", "warn_within", "skew", "retry_no_staple", "addresses",
-               "tls_version", "ca_file"}  # fmt: skip
+               "tls_version", "ca_file", "responder_check", "staple_lag_warning"}  # fmt: skip
     data = c.mapping(raw, path, allowed)
     if data is None:
         return base
     values: dict[str, Any] = {}
-    for key in ("interval", "timeout", "warn_within", "skew"):
+    for key in ("interval", "timeout", "warn_within", "skew", "staple_lag_warning"):
         if key in data:
             values[key] = c.duration(data[key], f"{path}.{key}")
+    if "responder_check" in data:
+        if isinstance(data["responder_check"], bool):
+            values["responder_check"] = data["responder_check"]
+        else:
+            c.bad(
+                f"{path}.responder_check",
+                f"expected true or false, got {_show(data['responder_check'])}",
+            )
     if "retry_no_staple" in data:
         values["retry_no_staple"] = c.duration(
             data["retry_no_staple"], f"{path}.retry_no_staple", positive=False
@@ -285,8 +302,38 @@ def _defaults(c: _Checker, raw: Any, base: Defaults, path: str) -> Defaults:
     return Defaults(**{**base.__dict__, **kept})
 
 
+def _responder(c: _Checker, raw: Any) -> ResponderSettings:
+    path = "responder"
+    data = c.mapping(
+        raw, path, {"timeout", "refresh_fraction", "min_interval", "retry_after_error", "method"}
+    )
+    if data is None:
+        return ResponderSettings()
+    values: dict[str, Any] = {}
+    for key in ("timeout", "min_interval", "retry_after_error"):
+        if key in data:
+            values[key] = c.duration(data[key], f"{path}.{key}", positive=key == "timeout")
+    if "refresh_fraction" in data:
+        fraction = data["refresh_fraction"]
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not (0 <= fraction <= 1)
+        ):
+            c.bad(f"{path}.refresh_fraction", f"expected a number 0-1, got {_show(fraction)}")
+        else:
+            values["refresh_fraction"] = float(fraction)
+    if "method" in data:
+        try:
+            values["method"] = Method(str(data["method"]))
+        except ValueError:
+            c.bad(f"{path}.method", f"expected auto, get or post, got {_show(data['method'])}")
+    return ResponderSettings(**{k: v for k, v in values.items() if v is not None})
+
+
 _TARGET_KEYS = {"host", "port", "server_name", "interval", "timeout", "warn_within", "skew",
-                "retry_no_staple", "addresses", "tls_version", "ca_file", "labels"}  # fmt: skip
+                "retry_no_staple", "addresses", "tls_version", "ca_file", "labels",
+                "responder_check", "staple_lag_warning"}  # fmt: skip
 
 
 def _target(
@@ -379,12 +426,15 @@ def load_config(path: str | Path) -> Config:
     if raw is None:
         raw = {}
     c = _Checker(shown)
-    data = c.mapping(raw, "", {"defaults", "targets", "target_files", "workers", "probe_allow"})
+    data = c.mapping(
+        raw, "", {"defaults", "targets", "target_files", "workers", "probe_allow", "responder"}
+    )
     if data is None:
         raise ConfigError(c.problems)
     defaults = (
         _defaults(c, data["defaults"], Defaults(), "defaults") if "defaults" in data else Defaults()
     )
+    responder = _responder(c, data["responder"]) if "responder" in data else ResponderSettings()
     workers = data.get("workers", 64)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 4096:
         c.bad("workers", f"expected an integer 1-4096, got {_show(workers)}")
@@ -450,6 +500,7 @@ def load_config(path: str | Path) -> Config:
         workers=workers,
         defaults=defaults,
         probe_allow=tuple(p.lower() for p in probe_allow),
+        responder=responder,
         trusts=trusts,
     )
 
@@ -493,4 +544,6 @@ def make_target(
         tls_version=defaults.tls_version,
         ca_file=defaults.ca_file,
         labels=labels,
+        responder_check=defaults.responder_check,
+        staple_lag_warning=defaults.staple_lag_warning,
     )

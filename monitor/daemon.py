@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from monitor.config import Config, ConfigError, Target, load_config, make_target
 from monitor.metrics import DaemonMetrics, ResultsExposition
 from monitor.ocsp import State
+from monitor.responder import ResponderClient
 from monitor.runner import Clock, Result, check, parse_target
 from monitor.scheduler import Scheduler
 from monitor.shard import Shard
@@ -66,6 +67,9 @@ class Daemon:
             lambda: len(self.assigned(self.config)),
             self.shard,
         )
+        # One client for the scheduler and /probe: its cache and rate limit are shared.
+        self.responder = ResponderClient(self.config.responder)
+        self.metrics.watch_responder(self.responder)
         self.results = ResultsExposition(self.store.snapshot, self._targets_by_key)
         ProcessCollector(registry=self.registry)
         self.scheduler = Scheduler(
@@ -74,6 +78,7 @@ class Daemon:
             workers=self.config.workers,
             clock=clock,
             on_change=log_change,
+            responder=self.responder,
         )
         self._reload_lock = threading.Lock()
         self._probe_slots = threading.BoundedSemaphore(self.probe_options.concurrency)
@@ -102,6 +107,7 @@ class Daemon:
             old_names = {t.key for t in self.config.targets}
             new_names = {t.key for t in new.targets}
             self.config = new
+            self.responder.settings = new.responder  # the cache survives a reload
             self.store.retain(t.key for t in self.assigned(new))
             self.scheduler.apply(self._jobs(new))
             self.metrics.reloaded(True)
@@ -167,7 +173,7 @@ class Daemon:
             self.metrics.probe_started()
             try:
                 return check(spec, self.config.trust_for(target), clock=self.clock,
-                             deadline=deadline)  # fmt: skip
+                             deadline=deadline, responder=self.responder)  # fmt: skip
             finally:
                 self.metrics.probe_finished()
         finally:

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from monitor import __version__
 from monitor.config import Target
-from monitor.ocsp import CertStatus, Reason, ResponseStatus
+from monitor.ocsp import CertStatus, Reason, ResponseStatus, Verdict
+from monitor.responder import Query, ResponderClient
 from monitor.runner import Result
 from monitor.shard import Shard
 from monitor.store import Key, Snapshot
@@ -73,7 +76,29 @@ RESULT_METRICS: dict[str, tuple[str, str]] = {
     "probe_interval_seconds": ("gauge", "How often this target is probed (configured)."),
     "probes": ("counter", "Probes made of this target and address."),
     "probe_failures": ("counter", "Probes whose state was not ok, by reason."),
+    "responder_lag_seconds": (
+        "gauge",
+        "How much older the staple's thisUpdate is than the CA responder's latest answer.",
+    ),
 }
+
+RESPONDER_PREFIX = "ocsp_responder_"
+# The cross-check with the CA's responder, per (target, address), labelled with the
+# responder's URL. Status and times come from the latest usable answer.
+RESPONDER_METRICS: dict[str, tuple[str, str]] = {
+    "up": ("gauge", "1 if the responder's latest answer was a valid, signed answer about the"
+                    " certificate; 0 if it failed (down, slow, HTTP error, garbage)."),
+    "latency_seconds": ("gauge", "How long the latest query to the responder took."),
+    "http_status": ("gauge", "HTTP status of the responder's latest answer."),
+    "cert_status": ("gauge", "State set of certStatus in the responder's latest usable answer."),
+    "this_update_timestamp_seconds": ("gauge", "thisUpdate of the responder's answer, Unix time."),
+    "next_update_timestamp_seconds": ("gauge", "nextUpdate of the responder's answer, Unix time."),
+    "revocation_timestamp_seconds": (
+        "gauge",
+        "When the responder says the certificate was revoked, Unix time.",
+    ),
+    "last_query_timestamp_seconds": ("gauge", "When the responder was last asked, Unix time."),
+}  # fmt: skip
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -138,6 +163,54 @@ def _failures(row: Row) -> Samples:
     return [(_REASON[k], float(n)) for k, n in sorted(row.failures.items())]
 
 
+def _responder_label(row: Row) -> str | None:
+    view = row.result.responder
+    if view is None or view.latest is None:
+        return None
+    return f',responder="{_escape(view.latest.url)}"'
+
+
+def _latest(row: Row, value: Callable[[Query], float | None]) -> Samples:
+    label = _responder_label(row)
+    view = row.result.responder
+    if label is None or view is None or view.latest is None:
+        return []
+    v = value(view.latest)
+    return [] if v is None else [(label, v)]
+
+
+def _good(row: Row, value: Callable[[Verdict], float | None]) -> Samples:
+    label = _responder_label(row)
+    view = row.result.responder
+    if label is None or view is None or view.good is None or view.good.verdict is None:
+        return []
+    v = value(view.good.verdict)
+    return [] if v is None else [(label, v)]
+
+
+def _responder_cert_status(row: Row) -> Samples:
+    label = _responder_label(row)
+    view = row.result.responder
+    if label is None or view is None or view.good is None or view.good.verdict is None:
+        return []
+    status = view.good.verdict.cert_status
+    return [(label + extra, float(s is status)) for s, extra in _CERT_STATUS]
+
+
+_RESPONDER_SAMPLES: dict[str, Callable[[Row], Samples]] = {
+    "up": lambda row: _latest(row, lambda q: float(q.up)),
+    "latency_seconds": lambda row: _latest(row, lambda q: q.latency_seconds),
+    "http_status": lambda row: _latest(
+        row, lambda q: None if q.http_status is None else float(q.http_status)
+    ),
+    "cert_status": _responder_cert_status,
+    "this_update_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.this_update)),
+    "next_update_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.next_update)),
+    "revocation_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.revocation_time)),
+    "last_query_timestamp_seconds": lambda row: _latest(row, lambda q: q.asked_at.timestamp()),
+}
+assert _RESPONDER_SAMPLES.keys() == RESPONDER_METRICS.keys()
+
 # Per family (RESULT_METRICS order), one row's samples; an absent value gives none.
 _SAMPLES: dict[str, Callable[[Row], Samples]] = {
     "probe_success": lambda row: [("", float(row.result.verdict.reason not in PROBE_FAILURES))],
@@ -164,8 +237,18 @@ _SAMPLES: dict[str, Callable[[Row], Samples]] = {
     "probe_interval_seconds": lambda row: _one(row.interval),
     "probes": lambda row: _one(None if row.probes is None else float(row.probes)),
     "probe_failures": _failures,
+    "responder_lag_seconds": lambda row: _one(row.result.verdict.staple_lag_seconds),
 }
 assert _SAMPLES.keys() == RESULT_METRICS.keys()
+
+# Every per-row family: (full name, type, help, samples), in exposition order.
+_ROW_FAMILIES = [
+    (PREFIX + name + ("_total" if kind == "counter" else ""), kind, help_, _SAMPLES[name])
+    for name, (kind, help_) in RESULT_METRICS.items()
+] + [
+    (RESPONDER_PREFIX + name, kind, help_, _RESPONDER_SAMPLES[name])
+    for name, (kind, help_) in RESPONDER_METRICS.items()
+]
 
 # Rows are rendered and sent this many at a time, family by family.
 _BATCH = 512
@@ -183,9 +266,7 @@ def exposition_parts(rows: Sequence[Row]) -> Iterator[str]:
     targets (250,000 samples) generate_latest took 2 s per scrape, this takes a fraction.
     """
     bases = [_label_text(row.labels) for row in rows]
-    for name, (kind, help_) in RESULT_METRICS.items():
-        samples = _SAMPLES[name]
-        full = PREFIX + name + ("_total" if kind == "counter" else "")
+    for full, kind, help_, samples in _ROW_FAMILIES:
         head = f"# HELP {full} {help_}\n# TYPE {full} {kind}\n"
         for start in range(0, max(len(rows), 1), _BATCH):
             lines = [
@@ -271,6 +352,41 @@ def probe_exposition(results: Sequence[Result], labels: Sequence[tuple[str, str]
     return exposition(Row(identity_labels(r.target, r, labels), r) for r in results)
 
 
+class _ResponderCollector(Collector):
+    """The responder client's counters, per responder (scheme://host:port)."""
+
+    def __init__(self, client: ResponderClient) -> None:
+        self._client = client
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._client.stats_snapshot()
+        queries = CounterMetricFamily(
+            RESPONDER_PREFIX + "queries",
+            "Queries sent to OCSP responders by the cross-check, by outcome (ok or why not).",
+            labels=["responder", "outcome"],
+        )
+        cached = CounterMetricFamily(
+            RESPONDER_PREFIX + "cache_hits",
+            "Checks answered from the cross-check's cache instead of a query.",
+            labels=["responder"],
+        )
+        limited = CounterMetricFamily(
+            RESPONDER_PREFIX + "rate_limited",
+            "Checks whose due query the per-responder rate limit held back.",
+            labels=["responder"],
+        )
+        for (where, outcome), count in sorted(stats.items()):
+            if outcome == "cached":
+                cached.add_metric([where], count)
+            elif outcome == "rate_limited":
+                limited.add_metric([where], count)
+            else:
+                queries.add_metric([where, outcome], count)
+        yield queries
+        yield cached
+        yield limited
+
+
 class DaemonMetrics:
     """The daemon's own health: build, config, scheduler, probes in flight."""
 
@@ -283,6 +399,7 @@ class DaemonMetrics:
     ) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._registry = registry
         info = Gauge(PREFIX + "build_info", "Version of staple-monitor and of Python; always 1.",
                      ["version", "python_version"], registry=registry)  # fmt: skip
         info.labels(__version__, platform.python_version()).set(1)
@@ -328,6 +445,10 @@ class DaemonMetrics:
             "When the configuration was last loaded successfully, Unix time.",
             registry=registry,
         )
+
+    def watch_responder(self, client: ResponderClient) -> None:
+        """Export the cross-check's query counts (rendered from the client on each scrape)."""
+        self._registry.register(_ResponderCollector(client))
 
     def probe_started(self) -> None:
         with self._lock:

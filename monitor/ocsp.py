@@ -13,7 +13,7 @@ import enum
 import hashlib
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,6 +88,9 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECT_ERROR = "connect_error"
     DNS_ERROR = "dns_error"
+    # From the cross-check with the CA's responder (monitor.responder, cross_check below).
+    REVOKED_AT_RESPONDER = "revoked_at_responder"
+    STAPLE_LAGGING = "staple_lagging"
 
     @property
     def state(self) -> State:
@@ -101,6 +104,7 @@ _REASON_STATE = {
     Reason.NO_OCSP_URL: State.OK,
     Reason.NO_STAPLE: State.WARNING,
     Reason.EXPIRING_SOON: State.WARNING,
+    Reason.STAPLE_LAGGING: State.WARNING,
     # We cannot judge the staple at all: say so rather than guess.
     Reason.ISSUER_MISSING: State.UNKNOWN,
     Reason.DNS_ERROR: State.UNKNOWN,
@@ -187,6 +191,9 @@ class Verdict:
     produced_at: datetime | None = None
     fresh: bool | None = None
     seconds_to_next_update: float | None = None
+    # How much older the staple's thisUpdate is than the responder's latest answer's
+    # (negative: the staple is newer); None without both.
+    staple_lag_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (ISO 8601 times, enum values as strings)."""
@@ -288,6 +295,19 @@ def evaluate(
             source="staple",
         )
     )
+
+
+def issuer_of(capture: Capture, trust: Trust, *, now: datetime) -> x509.Certificate | None:
+    """The leaf's issuer on a verified path (as ``evaluate`` found it), or None."""
+    if capture.error is not None or not capture.chain:
+        return None
+    prints = tuple(_fingerprint(c) for c in capture.chain)
+    name = _verification_subject(capture)
+    key = ("path", name, prints)
+    step = _memoized(trust.memo, key, now, lambda: _verify_path(capture, trust, now))
+    if step.stop is not None:
+        return None
+    return step.issuer if isinstance(step.issuer, x509.Certificate) else capture.chain[step.issuer]
 
 
 def judge_response(
@@ -533,6 +553,68 @@ def _read_response(
             valid_until=valid_until,
         )
     return _Step(tuple(f.items()), valid_from=valid_from, valid_until=valid_until)
+
+
+DEFAULT_LAG_WARNING = timedelta(hours=12)
+# A responder's answer is only used for its status once it proves, by its signature
+# and CertID, that the CA said it about this certificate.
+_ANSWERED = frozenset(
+    {Reason.OK, Reason.REVOKED, Reason.UNKNOWN_STATUS, Reason.EXPIRING_SOON, Reason.EXPIRED,
+     Reason.NOT_YET_VALID}
+)  # fmt: skip
+
+
+def cross_check(
+    staple: Verdict, responder: Verdict | None, *, lag_warning: timedelta = DEFAULT_LAG_WARNING
+) -> Verdict:
+    """The staple's verdict in the light of the CA responder's own (judged) answer.
+
+    - The responder says revoked while the server's staple is good or absent (the
+      staple's verdict is ok or a warning): ``revoked_at_responder``, critical. The
+      server is telling clients "good" about a certificate its CA has revoked. A
+      signed revocation counts even from a stale answer: revocation is final.
+    - The staple is good but its thisUpdate is older than the responder's fresh
+      answer's by more than ``lag_warning``: ``staple_lagging``, a warning (the
+      server's refresh is stuck).
+    - No usable answer (responder down, slow, garbage): the staple's verdict stands;
+      the trouble shows on the responder's own metrics.
+    """
+    if responder is None or responder.reason not in _ANSWERED:
+        return staple
+    lag = None
+    if staple.this_update is not None and responder.this_update is not None:
+        lag = (responder.this_update - staple.this_update).total_seconds()
+    out = replace(staple, staple_lag_seconds=lag)
+    if responder.cert_status is CertStatus.REVOKED and staple.state in (State.OK, State.WARNING):
+        when = responder.revocation_time.isoformat() if responder.revocation_time else "?"
+        why = f" (reason {responder.revocation_reason})" if responder.revocation_reason else ""
+        served = (
+            f"the server staples a 'good' response from {staple.this_update.isoformat()}"
+            if staple.cert_status is CertStatus.GOOD and staple.this_update is not None
+            else f"the server's own verdict is {staple.reason.value}"
+        )
+        return replace(
+            out,
+            state=State.CRITICAL,
+            reason=Reason.REVOKED_AT_RESPONDER,
+            detail=f"the CA's responder says the certificate was revoked at {when}{why}; {served}",
+        )
+    stamp = staple.this_update.isoformat() if staple.this_update else "?"
+    if (
+        staple.reason is Reason.OK
+        and responder.reason is Reason.OK
+        and lag is not None
+        and lag > lag_warning.total_seconds()
+    ):
+        return replace(
+            out,
+            state=State.WARNING,
+            reason=Reason.STAPLE_LAGGING,
+            detail=f"the staple's thisUpdate {stamp}"
+            f" is {format_duration(timedelta(seconds=int(lag)))} older than the responder's latest"
+            f" answer (more than {format_duration(lag_warning)}): the server's refresh looks stuck",
+        )
+    return out
 
 
 def _unparseable(cert: x509.Certificate) -> str | None:

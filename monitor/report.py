@@ -34,6 +34,7 @@ def result_dict(result: Result) -> dict[str, Any]:
         "handshake_seconds": result.handshake_seconds,
     }
     out.update(result.verdict.as_dict())
+    out["responder"] = result.responder.as_dict() if result.responder is not None else None
     return out
 
 
@@ -62,6 +63,40 @@ def _ms(seconds: float | None) -> str:
 
 def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str | None:
     return None if value is None else (yes if value else no)
+
+
+def _responder_rows(r: Result, now: datetime) -> list[tuple[str, str | None]]:
+    """The CA responder's answer, beside the staple's."""
+    view = r.responder
+    if view is None:
+        return []
+    q = view.latest
+    if q is None:
+        return [("responder", "not asked yet: its rate limit allowed no query")]
+    how = "cached" if view.cached else "asked now"
+    asked = f"{q.method.upper()} {q.url}, {how}, {_ms(q.latency_seconds)}"
+    if q.http_status is not None:
+        asked += f", HTTP {q.http_status}"
+    rows: list[tuple[str, str | None]] = [("responder", asked)]
+    if q.error is not None:
+        rows.append(("  answer", f"UNUSABLE ({q.error.value}): {q.error_detail}"))
+    kept = view.good
+    good = kept.verdict if kept is not None else None
+    if kept is not None and good is not None:
+        if kept is not q:
+            rows.append(("  kept answer", f"from {kept.asked_at.isoformat()} (still valid)"))
+        status = good.cert_status.value if good.cert_status else "-"
+        if good.revocation_time is not None:
+            status += f", revoked {_when(good.revocation_time, now)}"
+        rows += [
+            ("  cert status", status),
+            ("  thisUpdate", _when(good.this_update, now)),
+            ("  nextUpdate", _when(good.next_update, now)),
+            ("  signed by", good.signer_subject),
+        ]
+    if r.verdict.staple_lag_seconds is not None:
+        rows.append(("  staple lag", f"{r.verdict.staple_lag_seconds:.0f}s behind the responder"))
+    return rows
 
 
 def render_text(target: str, results: Sequence[Result], now: datetime) -> str:
@@ -111,6 +146,7 @@ def render_text(target: str, results: Sequence[Result], now: datetime) -> str:
                 f" total {_ms(r.duration_seconds)}",
             ),
             ("retried", "yes (the first handshake brought no staple)" if r.retried else None),
+            *_responder_rows(r, now),
         ]
         lines.append("")
         lines.append(f"{r.target} at {r.address or '-'} (SNI {r.server_name or '-'})")

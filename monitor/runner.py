@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from monitor import ocsp
 from monitor.ocsp import Reason, Verdict
 from monitor.probe import Capture, TLSVersion, probe
+from monitor.responder import ResponderClient, ResponderView
 from monitor.trust import Trust
 
 Clock = Callable[[], datetime]
@@ -36,6 +37,8 @@ class CheckSpec:
     warn_within: timedelta = ocsp.DEFAULT_WARN_WITHIN
     skew: timedelta = ocsp.DEFAULT_SKEW
     retry_no_staple: timedelta = timedelta(seconds=2)  # 0 disables the retry
+    responder_check: bool = True  # cross-check with the CA's responder (when given a client)
+    lag_warning: timedelta = ocsp.DEFAULT_LAG_WARNING
 
     @property
     def target(self) -> str:
@@ -66,6 +69,7 @@ class Result:
     cipher: str | None = None
     connect_seconds: float | None = None
     handshake_seconds: float | None = None
+    responder: ResponderView | None = None  # None: no cross-check for this result
     log: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -133,6 +137,7 @@ def check_address(
     clock: Clock,
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
+    responder: ResponderClient | None = None,
 ) -> Result:
     """Probe one address and judge it, retrying once when a staple is expected but absent.
 
@@ -156,9 +161,15 @@ def check_address(
             sleep(delay)
             capture = _probe(spec, address, deadline)
             log.append(_describe(capture))
-    verdict = ocsp.evaluate(
-        capture, trust, now=clock(), skew=spec.skew, warn_within=spec.warn_within
-    )
+    now = clock()
+    verdict = ocsp.evaluate(capture, trust, now=now, skew=spec.skew, warn_within=spec.warn_within)
+    view = None
+    if responder is not None and spec.responder_check:
+        view = _ask_responder(capture, trust, verdict, responder, now)
+        if view is not None:
+            log.append(_describe_view(view))
+            good = view.good.verdict if view.good is not None else None
+            verdict = ocsp.cross_check(verdict, good, lag_warning=spec.lag_warning)
     log.append(f"verdict: {verdict.state.value} ({verdict.reason.value}): {verdict.detail}")
     return Result(
         target=spec.target,
@@ -172,12 +183,18 @@ def check_address(
         cipher=capture.cipher,
         connect_seconds=capture.connect_seconds,
         handshake_seconds=capture.handshake_seconds,
+        responder=view,
         log=tuple(log),
     )
 
 
 def check(
-    spec: CheckSpec, trust: Trust, *, clock: Clock, deadline: float | None = None
+    spec: CheckSpec,
+    trust: Trust,
+    *,
+    clock: Clock,
+    deadline: float | None = None,
+    responder: ResponderClient | None = None,
 ) -> list[Result]:
     """Check every address of ``spec``: one Result each (one for a DNS failure)."""
     addresses = spec.addresses
@@ -196,7 +213,10 @@ def check(
                     log=(str(exc),),
                 )
             ]
-    return [check_address(spec, a, trust, clock=clock, deadline=deadline) for a in addresses]
+    return [
+        check_address(spec, a, trust, clock=clock, deadline=deadline, responder=responder)
+        for a in addresses
+    ]
 
 
 def _probe(spec: CheckSpec, address: str, deadline: float | None) -> Capture:
@@ -204,6 +224,38 @@ def _probe(spec: CheckSpec, address: str, deadline: float | None) -> Capture:
     if deadline is not None:
         timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
     return probe(address, spec.port, spec.sni, timeout=timeout, tls_version=spec.tls_version)
+
+
+def _ask_responder(
+    capture: Capture,
+    trust: Trust,
+    verdict: Verdict,
+    responder: ResponderClient,
+    now: datetime,
+) -> ResponderView | None:
+    """The CA responder's answer about the leaf, when there is a verified issuer and a URL."""
+    urls = [u for u in verdict.ocsp_urls if u.lower().startswith(("http://", "https://"))]
+    if not verdict.chain_trusted or not urls:
+        return None
+    issuer = ocsp.issuer_of(capture, trust, now=now)
+    if issuer is None:
+        return None
+    return responder.view(capture.chain[0], issuer, urls[0], now=now, memo=trust.memo)
+
+
+def _describe_view(view: ResponderView) -> str:
+    q = view.latest
+    if q is None:
+        return "responder: not asked yet (its rate limit allows no query now)"
+    how = "cached answer" if view.cached else "asked now"
+    if view.rate_limited:
+        how += "; a query was due but the rate limit held it back"
+    head = f"responder {q.url} ({q.method.upper()}, {how}):"
+    if q.error is not None:
+        return f"{head} {q.error.value}: {q.error_detail}"
+    v = q.verdict
+    assert v is not None
+    return f"{head} {v.cert_status}, thisUpdate {v.this_update}, in {q.latency_seconds:.3f}s"
 
 
 def _expects_staple(capture: Capture) -> bool:

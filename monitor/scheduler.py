@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.config import Target
 from monitor.metrics import DaemonMetrics
+from monitor.responder import ResponderClient
 from monitor.runner import Clock, check
 from monitor.store import Key, StateChange, Store
 from monitor.trust import Trust
@@ -62,8 +63,10 @@ class Scheduler:
         workers: int,
         clock: Clock,
         on_change: Callable[[StateChange], None],
+        responder: ResponderClient | None = None,
     ) -> None:
         self._store = store
+        self._responder = responder
         self._metrics = metrics
         self._clock = clock
         self._on_change = on_change
@@ -135,7 +138,10 @@ class Scheduler:
         try:
             # The step-by-step log is for /probe?debug=true and `check`; a daemon
             # keeping it for every target would hold it for nothing.
-            results = [replace(r, log=()) for r in check(target.spec, trust, clock=self._clock)]
+            results = [
+                replace(r, log=())
+                for r in check(target.spec, trust, clock=self._clock, responder=self._responder)
+            ]
         finally:
             self._metrics.probe_finished()
         if key in self._targets:

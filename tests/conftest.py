@@ -63,7 +63,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("lab")
     responder_port = free_port()
     the_pki = PKI(root, pki.utcnow(), f"http://127.0.0.1:{responder_port}/")
-    responder = Responder(the_pki, responder_port)
+    # For the cross-check: a certificate the CA has revoked while nginx staples an old
+    # "good" answer for it, and one whose responder is down.
+    the_pki.add_leaf("revokedca", the_pki.ocsp_url)
+    the_pki.add_leaf("deadresp", f"http://127.0.0.1:{free_port()}/")
+    responder = Responder(the_pki, responder_port, revoked=frozenset({"revokedca"}))
     responder.start()
     ports: dict[str, int] = {}
     servers: list[Server] = []
@@ -80,6 +84,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     add("leaf_only", leaf="fixed", stapling=False, send_chain=False)
     for scenario in STAPLE_SCENARIOS:
         add(scenario, leaf="fixed", staple_file=scenario)
+    add("ca_revoked", leaf="revokedca", staple_file="revokedca")
+    add("deadresp", leaf="deadresp", staple_file="deadresp")
     multi_port = free_port("127.0.0.2")
     servers.append(Server("multi_good", "fixed", "127.0.0.2", multi_port, staple_file="good"))
     servers.append(Server("multi_expired", "fixed", "127.0.0.3", multi_port, staple_file="expired"))

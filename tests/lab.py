@@ -5,6 +5,7 @@ Only loopback addresses are ever used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from monitor.lab import pki
+from monitor.responder import request_der
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -83,6 +85,7 @@ class PKI:
     rogue: pki.Issued = field(init=False)
     other_root: pki.Issued = field(init=False)
     leaves: dict[str, pki.Issued] = field(init=False, default_factory=dict)
+    extra_staples: dict[str, bytes] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         now = self.now
@@ -118,6 +121,20 @@ class PKI:
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    def add_leaf(self, name: str, ocsp_url: str | None) -> pki.Issued:
+        """One more leaf (same names, same CA) whose certificate names ``ocsp_url``, with
+        its files written and a good staple for it under the same name."""
+        leaf = pki.make_leaf(
+            ["lab.test", "127.0.0.1", "127.0.0.2", "127.0.0.3"], self.inter, self.now,
+            ocsp_url=ocsp_url,
+        )  # fmt: skip
+        self.leaves[name] = leaf
+        pki.write(self.path(f"{name}.pem"), leaf.cert_pem(), self.inter.cert_pem())
+        pki.write(self.path(f"{name}-only.pem"), leaf.cert_pem())
+        pki.write(self.path(f"{name}.key"), leaf.key_pem())
+        self.extra_staples[name] = self.response(name)
+        return leaf
+
     def response(self, leaf: str = "fixed", **kw: object) -> bytes:
         """A staple about ``leaves[leaf]``; keywords as pki.make_response (signer: the CA)."""
         args: dict[str, object] = {
@@ -147,20 +164,25 @@ class PKI:
             "delegated_noeku": self.response(signer=self.responder_no_eku, include_signer=True),
             "wrongid": self.response(leaf="other"),
             "trylater": pki.unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER),
+            **self.extra_staples,
         }
 
 
 class Responder:
     """A real `openssl ocsp` responder for the intermediate CA, on 127.0.0.1."""
 
-    def __init__(self, lab: PKI, port: int) -> None:
+    NUDGE = "nudge-after-index-change"
+
+    def __init__(self, lab: PKI, port: int, revoked: frozenset[str] = frozenset()) -> None:
         self.lab = lab
         self.port = port
+        self.always_revoked = revoked  # leaves revoked in every index this responder writes
         self.index = lab.path("index.txt")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_index(self, revoked: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         lines = []
+        revoked = set(revoked) | self.always_revoked
         for name, leaf in self.lab.leaves.items():
             serial = format(leaf.cert.serial_number, "X")
             if len(serial) % 2:
@@ -174,7 +196,24 @@ class Responder:
                 lines.append(f"V\t{expiry}\t\t{serial}\tunknown\t{subject}")
         # Several lab leaves share a subject: tell openssl's index that is fine.
         self.index.with_name("index.txt.attr").write_text("unique_subject = no\n")
+        before = self.index.stat() if self.index.exists() else None
         self.index.write_text("\n".join(lines) + "\n")
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # A running `openssl ocsp` reloads a changed index, but it compares the file's
+        # times in whole seconds, and only when it goes back to wait for a request after
+        # answering one. So: make the change visible in whole seconds, then send a
+        # throwaway request, after which the next real one is answered from the new index.
+        if before is not None and int(self.index.stat().st_mtime) <= int(before.st_mtime):
+            later = int(before.st_mtime) + 1
+            os.utime(self.index, (later, later))
+        # (A valid request: `openssl ocsp` 3.0 exits after a malformed one.)
+        nudge = request_der(self.lab.leaves["live"].cert, self.lab.inter.cert)
+        with contextlib.suppress(requests.RequestException):
+            requests.post(
+                f"http://127.0.0.1:{self.port}/{self.NUDGE}", data=nudge, timeout=5,
+                headers={"Content-Type": "application/ocsp-request"},
+            )  # fmt: skip
 
     def start(self) -> None:
         openssl = need_binary("openssl")
@@ -203,6 +242,16 @@ class Responder:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"openssl ocsp did not start: {log.read_text()}")
             time.sleep(0.05)
+
+    def requests_seen(self) -> list[str]:
+        """The first line of every request it received ("GET /MFUw... HTTP/1.1"), in order."""
+        text = self.lab.path("responder.log").read_text(errors="replace")
+        marker = "Received request, 1st line: "
+        return [
+            line.split(marker, 1)[1]
+            for line in text.splitlines()
+            if marker in line and self.NUDGE not in line
+        ]
 
     def stop(self) -> None:
         if self.proc is not None:

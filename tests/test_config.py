@@ -9,11 +9,12 @@ import pytest
 
 from monitor.config import MAX_FILE_BYTES, ConfigError, load_config
 from monitor.probe import TLSVersion
+from monitor.responder import Method, ResponderSettings
 
 DATA = Path(__file__).parent / "testdata"
 TARGET_KEYS = (
-    "addresses, ca_file, host, interval, labels, port, retry_no_staple, server_name, skew,"
-    " timeout, tls_version, warn_within"
+    "addresses, ca_file, host, interval, labels, port, responder_check, retry_no_staple,"
+    " server_name, skew, staple_lag_warning, timeout, tls_version, warn_within"
 )
 
 # file -> the problems reported, in order, each after "<file>: ".
@@ -26,7 +27,17 @@ BAD = {
     ],
     "bad-unknown-key.yaml": [
         "targts: unknown key (expected one of:"
-        " defaults, probe_allow, target_files, targets, workers)"
+        " defaults, probe_allow, responder, target_files, targets, workers)"
+    ],
+    "bad-responder.yaml": [
+        'defaults.responder_check: expected true or false, got "yes"',
+        "responder.cache: unknown key (expected one of: method, min_interval, refresh_fraction,"
+        " retry_after_error, timeout)",
+        'responder.timeout: must be more than 0, got "0s"',
+        'responder.min_interval: expected a duration like 30s, 5m or 1h30m, got "often"',
+        "responder.refresh_fraction: expected a number 0-1, got 1.5",
+        'responder.method: expected auto, get or post, got "put"',
+        'targets[0].staple_lag_warning: expected a duration like 30s, 5m or 1h30m, got "soon"',
     ],
     "bad-target-unknown-key.yaml": [
         f"targets[0].hots: unknown key (expected one of: {TARGET_KEYS})",
@@ -139,6 +150,17 @@ def test_good_config_with_defaults_and_target_files() -> None:
         (("team", "api"), ("tier", "1")),
     )
     assert api.retry_no_staple == timedelta(seconds=2)
+    # The cross-check: global politeness settings, a switch and a threshold per target.
+    assert config.responder == ResponderSettings(
+        timeout=timedelta(seconds=3),
+        refresh_fraction=0.25,
+        min_interval=timedelta(seconds=2),
+        retry_after_error=timedelta(minutes=5),
+        method=Method.POST,
+    )
+    assert (www.responder_check, www.staple_lag_warning) == (True, timedelta(hours=6))
+    assert intranet.responder_check is False
+    assert intranet.spec.responder_check is False
 
 
 def test_empty_file_is_a_valid_config_with_no_targets(tmp_path: Path) -> None:

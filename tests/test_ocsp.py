@@ -417,3 +417,96 @@ def test_memo_is_bounded() -> None:
     assert len(memo) == 3
     assert memo.get(0) is None
     assert memo.get(9) == "9"
+
+
+# The cross-check with the CA's responder: ocsp.cross_check on judged answers.
+
+
+def _answer(world: World, **kw: Any) -> ocsp.Verdict:
+    """The responder's answer about the leaf, judged like a staple."""
+    return world.judge(world.response(**kw), warn_within=timedelta(0))
+
+
+def test_responder_revoked_while_staple_good_is_revoked_at_responder(world: World) -> None:
+    staple = world.judge(world.response())
+    answer = _answer(
+        world,
+        status=cocsp.OCSPCertStatus.REVOKED,
+        revocation_time=NOW - 2 * HOUR,
+        revocation_reason=x509.ReasonFlags.key_compromise,
+        this_update=NOW,
+    )
+    v = ocsp.cross_check(staple, answer)
+    assert (v.state, v.reason) == (State.CRITICAL, Reason.REVOKED_AT_RESPONDER)
+    assert "revoked at" in v.detail
+    assert "keyCompromise" in v.detail
+    assert "staples a 'good' response" in v.detail
+    assert v.cert_status is CertStatus.GOOD  # the staple's own facts are kept
+    assert v.staple_lag_seconds == HOUR.total_seconds()
+
+
+def test_stale_signed_revocation_still_counts(world: World) -> None:
+    staple = world.judge(world.response())
+    answer = _answer(
+        world,
+        status=cocsp.OCSPCertStatus.REVOKED,
+        revocation_time=NOW - 9 * DAY,
+        this_update=NOW - 8 * DAY,
+        next_update=NOW - DAY,
+    )
+    assert answer.reason is Reason.REVOKED
+    assert ocsp.cross_check(staple, answer).reason is Reason.REVOKED_AT_RESPONDER
+
+
+def test_responder_revoked_without_a_staple_is_revoked_at_responder(world: World) -> None:
+    staple = world.judge(None)
+    assert staple.reason is Reason.NO_STAPLE
+    answer = _answer(world, status=cocsp.OCSPCertStatus.REVOKED, revocation_time=NOW - HOUR)
+    v = ocsp.cross_check(staple, answer)
+    assert v.reason is Reason.REVOKED_AT_RESPONDER
+    assert "no_staple" in v.detail
+
+
+def test_critical_staple_keeps_its_own_reason(world: World) -> None:
+    staple = world.judge(world.response(this_update=NOW - 8 * DAY, next_update=NOW - DAY))
+    answer = _answer(world, status=cocsp.OCSPCertStatus.REVOKED, revocation_time=NOW - HOUR)
+    assert ocsp.cross_check(staple, answer).reason is Reason.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("staple_age", "threshold", "reason"),
+    [
+        (HOUR, timedelta(hours=12), Reason.OK),
+        (13 * HOUR, timedelta(hours=12), Reason.STAPLE_LAGGING),
+        (2 * HOUR, HOUR, Reason.STAPLE_LAGGING),
+    ],
+)
+def test_staple_lagging_behind_the_responder(
+    world: World, staple_age: timedelta, threshold: timedelta, reason: Reason
+) -> None:
+    staple = world.judge(world.response(this_update=NOW - staple_age))
+    answer = _answer(world, this_update=NOW)
+    v = ocsp.cross_check(staple, answer, lag_warning=threshold)
+    assert v.reason is reason
+    assert v.staple_lag_seconds == staple_age.total_seconds()
+    if reason is Reason.STAPLE_LAGGING:
+        assert v.state is State.WARNING
+        assert "refresh looks stuck" in v.detail
+
+
+@pytest.mark.parametrize("trouble", ["badsig", "wrongid", "trylater", "missing"])
+def test_responder_trouble_never_changes_a_good_staple(world: World, trouble: str) -> None:
+    staple = world.judge(world.response())
+    other = pki.make_leaf(["unit.test"], world.inter, NOW, ocsp_url=URL)
+    revoked: dict[str, Any] = {
+        "status": cocsp.OCSPCertStatus.REVOKED,
+        "revocation_time": NOW - HOUR,
+    }
+    answer: ocsp.Verdict | None = None
+    if trouble == "badsig":
+        answer = _answer(world, signer=pki.make_root("unit CA", NOW), **revoked)
+    elif trouble == "wrongid":
+        answer = _answer(world, leaf=other, **revoked)
+    elif trouble == "trylater":
+        answer = world.judge(pki.unsuccessful(cocsp.OCSPResponseStatus.TRY_LATER))
+    assert ocsp.cross_check(staple, answer) == staple

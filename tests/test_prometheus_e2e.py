@@ -40,7 +40,10 @@ FIRES_FOR = {
     "OCSPMustStapleWithoutStaple": ["must_off"],
     "OCSPStapleUnusable": ["trylater"],
     "OCSPStapleChainProblem": ["leaf_only"],
+    "OCSPRevokedAtResponder": ["ca_revoked"],
+    "OCSPResponderDown": ["deadresp"],
 }
+# deadresp's staple is good: only its responder fails, which is OCSPResponderDown alone.
 GOOD = ["good", "live12", "delegated", "noocsp"]
 
 
@@ -83,6 +86,9 @@ class Stack:
         lines += [
             f"  - {{host: lab.test, port: {lab.multi_port}, addresses: [127.0.0.2, 127.0.0.3]}}",
             f"  - {{host: 127.0.0.1, port: {self.closed}}}",
+            # The "good" staple is an hour older than the responder's answers: lagging
+            # once the threshold is below that.
+            f"  - {{host: 127.0.0.1, port: {lab.ports['good']}, staple_lag_warning: 30m}}",
             # Hangs for longer than three intervals: its results go stale.
             f"  - {{host: 127.0.0.1, port: {self.silent_port}, interval: 1s, timeout: 8s}}",
         ]
@@ -128,6 +134,7 @@ def test_every_alert_fires_for_its_scenario_and_never_for_good_targets(
         ("OCSPStapleProbeFailing", f"127.0.0.1:{stack.silent_port}", "127.0.0.1"),
         ("OCSPStapleResultsStale", f"127.0.0.1:{stack.silent_port}", "127.0.0.1"),
         ("StapleMonitorDown", f"127.0.0.1:{stack.dead_monitor}", ""),
+        ("OCSPStapleLagging", f"127.0.0.1:{lab.ports['good']}", "127.0.0.1"),
     }
     firing = stack.wait_firing(wanted)
     good = {(t(n), "127.0.0.1") for n in GOOD} | {(f"lab.test:{lab.multi_port}", "127.0.0.2")}
@@ -165,7 +172,7 @@ def _substitute(expr: str) -> str:
 
 def dashboard_queries() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
 
 
 @pytest.mark.parametrize(("title", "expr"), dashboard_queries())
