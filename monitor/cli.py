@@ -372,8 +372,9 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
         "demo",
         help="start a small lab on 127.0.0.1 and run the daemon against it",
         description=(
-            "Start a throwaway CA, an OCSP responder and five TLS servers on 127.0.0.1 (good,"
-            " expiring, expired, revoked and missing staples), then run the daemon against"
+            "Start a throwaway CA, an OCSP responder and six TLS servers on 127.0.0.1 (good,"
+            " expiring, expired, revoked and missing staples, and a stale good staple for a"
+            " certificate the CA revoked), then run the daemon against"
             " them. Needs no configuration and no network. Ctrl-C stops everything."
         ),
     )

@@ -238,18 +238,40 @@ def evaluate(
     ``trust.memo`` with the window of time in which they hold; the clock-dependent
     steps run every time.
     """
+    return judge_capture(capture, trust, now=now, skew=skew, warn_within=warn_within).verdict
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A verdict with what the walk found on the way: the leaf's verified issuer and the
+    leaf's SHA-256 fingerprint (None when the walk stopped before a trusted path)."""
+
+    verdict: Verdict
+    issuer: x509.Certificate | None = None
+    leaf_print: bytes | None = None
+
+
+def judge_capture(
+    capture: Capture,
+    trust: Trust,
+    *,
+    now: datetime,
+    skew: timedelta = DEFAULT_SKEW,
+    warn_within: timedelta = DEFAULT_WARN_WITHIN,
+) -> Judged:
+    """``evaluate``, also giving the issuer it verified (for the responder cross-check)."""
     if capture.error is not None:
-        return failure(Reason(capture.error.value), capture.error_detail)
+        return Judged(failure(Reason(capture.error.value), capture.error_detail))
     walk = _Walk()
     f = walk.facts
     if not capture.chain:
-        return walk.stop(Reason.TLS_ERROR, "the server sent no certificate")
+        return Judged(walk.stop(Reason.TLS_ERROR, "the server sent no certificate"))
     memo = trust.memo
     prints = tuple(_fingerprint(c) for c in capture.chain)
     step = _memoized(memo, ("chain", prints), now, lambda: _read_chain(capture.chain))
     f.update(step.facts)
     if step.stop is not None:
-        return walk.stop(*step.stop)
+        return Judged(walk.stop(*step.stop))
     leaf = capture.chain[0]
 
     # Who issued the leaf, proven by a verified path to a trust anchor. Without it
@@ -258,30 +280,33 @@ def evaluate(
     step = _memoized(memo, ("path", name, prints), now, lambda: _verify_path(capture, trust, now))
     f.update(step.facts)
     if step.stop is not None:
-        return walk.stop(*step.stop)
+        return Judged(walk.stop(*step.stop))
     issuer = (
         step.issuer if isinstance(step.issuer, x509.Certificate) else capture.chain[step.issuer]
     )
     issuer_print = prints[step.issuer] if isinstance(step.issuer, int) else _fingerprint(issuer)
+
+    def found(reason: Reason, detail: str) -> Judged:
+        return Judged(walk.stop(reason, detail), issuer, prints[0])
 
     f["staple_present"] = capture.staple is not None
     if capture.staple is None:
         if f["must_staple"]:
             # RFC 7633: a Must-Staple certificate served without a staple is a hard
             # failure in clients that enforce it.
-            return walk.stop(
+            return found(
                 Reason.MUST_STAPLE_VIOLATION,
                 "the certificate requires stapling (TLS Feature status_request) but the"
                 " server sent no staple",
             )
         if not f["ocsp_urls"]:
-            return walk.stop(
+            return found(
                 Reason.NO_OCSP_URL,
                 "the certificate names no OCSP responder, so there is nothing to staple",
             )
-        return walk.stop(Reason.NO_STAPLE, "the server sent no OCSP staple")
+        return found(Reason.NO_STAPLE, "the server sent no OCSP staple")
     f["staple_bytes"] = len(capture.staple)
-    return walk.stop(
+    return found(
         *judge_response(
             capture.staple,
             leaf,
@@ -295,19 +320,6 @@ def evaluate(
             source="staple",
         )
     )
-
-
-def issuer_of(capture: Capture, trust: Trust, *, now: datetime) -> x509.Certificate | None:
-    """The leaf's issuer on a verified path (as ``evaluate`` found it), or None."""
-    if capture.error is not None or not capture.chain:
-        return None
-    prints = tuple(_fingerprint(c) for c in capture.chain)
-    name = _verification_subject(capture)
-    key = ("path", name, prints)
-    step = _memoized(trust.memo, key, now, lambda: _verify_path(capture, trust, now))
-    if step.stop is not None:
-        return None
-    return step.issuer if isinstance(step.issuer, x509.Certificate) else capture.chain[step.issuer]
 
 
 def judge_response(

@@ -7,8 +7,8 @@ responder's answer, judged by the same code as the staple (``ocsp.judge_response
 tells both apart.
 
 Polite toward CAs by construction:
-- one answer per (issuer, serial) is kept until ``refresh_fraction`` of its validity
-  has passed, and shared by every target and address that serves that certificate;
+- one answer per certificate (and responder URL) is kept until ``refresh_fraction`` of
+  its validity has passed, and shared by every target and address serving it;
 - concurrent checks of the same certificate wait for the one query in flight;
 - a responder (scheme, host and port of its URL) is asked at most once per
   ``min_interval``; a check that would exceed it uses what is cached, or goes without;
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import threading
 import time
 from collections import Counter
@@ -156,6 +157,7 @@ class _Entry:
     done: threading.Event = field(default_factory=_set_event)  # clear while a query runs
 
 
+@functools.lru_cache(maxsize=1024)
 def origin(url: str) -> str:
     """scheme://host:port of a URL: the unit the rate limit counts."""
     parts = urlsplit(url)
@@ -180,7 +182,7 @@ class ResponderClient:
     def __init__(self, settings: ResponderSettings | None = None) -> None:
         self.settings = settings or ResponderSettings()
         self._lock = threading.Lock()
-        self._entries: dict[tuple[bytes, int, str], _Entry] = {}
+        self._entries: dict[tuple[bytes, str], _Entry] = {}
         self._next_slot: dict[str, float] = {}
         self._next_prune = 0.0
         self._local = threading.local()
@@ -194,9 +196,13 @@ class ResponderClient:
         *,
         now: datetime,
         memo: Memo,
+        leaf_print: bytes | None = None,
     ) -> ResponderView:
-        """The responder's answer about ``leaf``: cached, or asked now if due and allowed."""
-        key = (issuer.fingerprint(hashes.SHA256()), leaf.serial_number, url)
+        """The responder's answer about ``leaf``: cached, or asked now if due and allowed.
+
+        ``leaf_print`` is the leaf's SHA-256 fingerprint when the caller has it already.
+        """
+        key = (leaf_print or leaf.fingerprint(hashes.SHA256()), url)
         where = origin(url)
         with self._lock:
             clock = time.monotonic()

@@ -162,10 +162,13 @@ def check_address(
             capture = _probe(spec, address, deadline)
             log.append(_describe(capture))
     now = clock()
-    verdict = ocsp.evaluate(capture, trust, now=now, skew=spec.skew, warn_within=spec.warn_within)
+    judged = ocsp.judge_capture(
+        capture, trust, now=now, skew=spec.skew, warn_within=spec.warn_within
+    )
+    verdict = judged.verdict
     view = None
     if responder is not None and spec.responder_check:
-        view = _ask_responder(capture, trust, verdict, responder, now)
+        view = _ask_responder(capture, judged, responder, trust, now)
         if view is not None:
             log.append(_describe_view(view))
             good = view.good.verdict if view.good is not None else None
@@ -228,19 +231,20 @@ def _probe(spec: CheckSpec, address: str, deadline: float | None) -> Capture:
 
 def _ask_responder(
     capture: Capture,
-    trust: Trust,
-    verdict: Verdict,
+    judged: ocsp.Judged,
     responder: ResponderClient,
+    trust: Trust,
     now: datetime,
 ) -> ResponderView | None:
     """The CA responder's answer about the leaf, when there is a verified issuer and a URL."""
+    verdict = judged.verdict
     urls = [u for u in verdict.ocsp_urls if u.lower().startswith(("http://", "https://"))]
-    if not verdict.chain_trusted or not urls:
+    if judged.issuer is None or not verdict.chain_trusted or not urls:
         return None
-    issuer = ocsp.issuer_of(capture, trust, now=now)
-    if issuer is None:
-        return None
-    return responder.view(capture.chain[0], issuer, urls[0], now=now, memo=trust.memo)
+    return responder.view(
+        capture.chain[0], judged.issuer, urls[0], now=now, memo=trust.memo,
+        leaf_print=judged.leaf_print,
+    )  # fmt: skip
 
 
 def _describe_view(view: ResponderView) -> str:

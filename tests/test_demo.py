@@ -29,6 +29,7 @@ def test_demo_shows_every_scenario_and_stops_cleanly() -> None:
             "expired": ("critical", "expired"),
             "revoked": ("critical", "revoked"),
             "none": ("warning", "no_staple"),
+            "stale": ("critical", "revoked_at_responder"),
         }
         deadline = time.monotonic() + 20
         while True:

@@ -3,7 +3,8 @@
 Needs no configuration, no network and no other program: a throwaway CA, an
 OCSP responder (the standard library's HTTP server answering with cryptography's
 OCSPResponseBuilder) and pyOpenSSL TLS servers that staple a good, an expiring,
-an expired and a revoked response, and one that staples nothing.
+an expired and a revoked response, one that staples nothing, and one that staples
+an old "good" answer for a certificate the CA has since revoked.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ SCENARIOS = {
     "expired": "staples a response whose nextUpdate passed a day ago",
     "revoked": "staples the responder's answer: revoked (key compromise)",
     "none": "staples nothing although its certificate names a responder",
+    "stale": "staples an old 'good' answer although the CA has since revoked the certificate",
 }
 
 
@@ -192,6 +194,9 @@ def start_lab(directory: Path | None = None, interval: str = "15s") -> Lab:
         for name in SCENARIOS
     }
     responder.revoked[leaves["revoked"].cert.serial_number] = x509.ReasonFlags.key_compromise
+    # Revoked at the CA after the server cached its "good" answer: only the
+    # cross-check with the responder shows it (revoked_at_responder).
+    responder.revoked[leaves["stale"].cert.serial_number] = x509.ReasonFlags.superseded
 
     def crafted(name: str, this_update: timedelta, next_update: timedelta) -> Callable[[], bytes]:
         der = pki.make_response(
@@ -217,12 +222,15 @@ def start_lab(directory: Path | None = None, interval: str = "15s") -> Lab:
         "expired": crafted("expired", -8 * DAY, -DAY),
         "revoked": live("revoked"),
         "none": lambda: b"",
+        "stale": crafted("stale", -HOUR, 7 * DAY),
     }
     servers = {name: TLSServer(leaves[name], [ca], staples[name]) for name in SCENARIOS}
     pki.write(work / "root.pem", root.cert_pem())
     lines = [
         "# Written by `staple-monitor demo`: the daemon's view of the demo lab.",
         f"defaults: {{interval: {interval}, timeout: 5s, ca_file: root.pem, retry_no_staple: 0}}",
+        "# The lab's own responder: no CA to be polite to, so no rate limit worth the name.",
+        "responder: {min_interval: 10ms}",
         "targets:",
     ]
     for name, server in servers.items():
