@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from cryptography import x509
 from OpenSSL import SSL
 
+from monitor.gate import GATE
+
 
 class TLSVersion(enum.StrEnum):
     """Which TLS versions the probe offers."""
@@ -150,7 +152,8 @@ def probe(
             )
         if rc != 0:
             remaining = deadline - time.monotonic()
-            _, writable, _ = select.select([], [sock], [], max(remaining, 0))
+            with GATE.io():
+                _, writable, _ = select.select([], [sock], [], max(remaining, 0))
             if not writable:
                 return replace(
                     base,
@@ -186,7 +189,8 @@ def probe(
         conn.set_connect_state()
         watch = _REAPER.watch(deadline, sock)
         try:
-            conn.do_handshake()
+            with GATE.io():
+                conn.do_handshake()
         except (SSL.WantReadError, SSL.WantWriteError):
             return _timed_out(base, timeout, connect_seconds)  # a socket timeout expired
         except SSL.Error as exc:

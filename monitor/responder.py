@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as cocsp
 
 from monitor import ocsp
+from monitor.gate import GATE
 from monitor.memo import Memo
 from monitor.ocsp import Verdict
 
@@ -224,12 +225,14 @@ class ResponderClient:
                 entry.done.clear()
         if action != "ask":
             if action == "wait":
-                entry.done.wait(self.settings.timeout.total_seconds() + 1)
+                with GATE.io():
+                    entry.done.wait(self.settings.timeout.total_seconds() + 1)
             with self._lock:
                 self.stats[(where, "cached")] += 1
             return ResponderView(entry.latest, entry.good, cached=True)
         try:
-            query = self._ask(leaf, issuer, url, now=now, memo=memo)
+            with GATE.io():
+                query = self._ask(leaf, issuer, url, now=now, memo=memo)
         except Exception as exc:  # a bug here must not stop the staple's check
             query = Query(
                 url, "-", now, None, None, QueryError.BAD_ANSWER, f"internal error: {exc!r}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from monitor import ocsp
+from monitor.gate import GATE
 from monitor.ocsp import Reason, Verdict
 from monitor.probe import Capture, TLSVersion, probe
 from monitor.responder import ResponderClient, ResponderView
@@ -158,7 +159,8 @@ def check_address(
         else:
             retried = True
             log.append(f"no staple; retrying once after {delay:g}s")
-            sleep(delay)
+            with GATE.io():
+                sleep(delay)
             capture = _probe(spec, address, deadline)
             log.append(_describe(capture))
     now = clock()
@@ -203,7 +205,8 @@ def check(
     addresses = spec.addresses
     if not addresses:
         try:
-            addresses = resolve(spec.host, spec.port, spec.family)
+            with GATE.io():
+                addresses = resolve(spec.host, spec.port, spec.family)
         except ResolveError as exc:
             return [
                 Result(

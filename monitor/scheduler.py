@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.config import Target
+from monitor.gate import GATE
 from monitor.metrics import DaemonMetrics
 from monitor.responder import ResponderClient
 from monitor.runner import Clock, check
@@ -135,18 +136,22 @@ class Scheduler:
             return started
         target, trust = entry
         self._metrics.probe_started()
+        changes: list[StateChange] = []
         try:
-            # The step-by-step log is for /probe?debug=true and `check`; a daemon
-            # keeping it for every target would hold it for nothing.
-            results = [
-                replace(r, log=())
-                for r in check(target.spec, trust, clock=self._clock, responder=self._responder)
-            ]
+            # Python work holds the gate; the probe opens it while it waits (monitor.gate).
+            with GATE.held():
+                # The step-by-step log is for /probe?debug=true and `check`; a daemon
+                # keeping it for every target would hold it for nothing.
+                results = [
+                    replace(r, log=())
+                    for r in check(target.spec, trust, clock=self._clock, responder=self._responder)
+                ]
+                if key in self._targets:
+                    changes = self._store.record(key, results)
         finally:
             self._metrics.probe_finished()
-        if key in self._targets:
-            for change in self._store.record(key, results):
-                self._on_change(change)
+        for change in changes:  # logging may block: outside the gate
+            self._on_change(change)
         return started
 
     def _on_event(self, event: Any) -> None:

@@ -21,10 +21,12 @@ def test_bench_smoke_run_measures_us_and_both_peers() -> None:
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     # Every figure the issue asks for was measured (a line each), and the daemon
     # really probed: a rate of 0 would mean the harness measured nothing.
-    rate = re.search(r"throughput \(20 targets every 1s, 4 workers\): (\d+) probes/s", out)
+    rate = re.search(r"throughput \(20 targets every 1s, 64 workers\): (\d+) probes/s", out)
     assert rate, out
     assert int(rate.group(1)) > 0, out
     for figure in (
+        r"throughput with 4 workers: \d+ probes/s",
+        r"capacity \(40 targets every 1s\): \d+ probes/s",
         r"lag \(10 targets every 1s\): \d+ probes/s",
         r"200 targets: RSS [\d.]+ MiB, /metrics cold \d+ ms",
         r"blackbox_exporter: \d+ probes/s, [\d.]+ ms CPU/probe",
