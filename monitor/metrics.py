@@ -118,10 +118,7 @@ def _label_text(labels: dict[str, str]) -> str:
 
 
 Samples = list[tuple[str, float]]  # (extra label text, value) of one family for one row
-
-
-def _one(value: float | None) -> Samples:
-    return [] if value is None else [("", value)]
+Scalar = Callable[[Row], float | None]  # the one value of a family for one row, or None
 
 
 # Label text of the enum-valued samples, made once rather than per sample.
@@ -151,10 +148,11 @@ def _cert_status(row: Row) -> Samples:
     return [(extra, float(s is status)) for s, extra in _CERT_STATUS]
 
 
-def _state(row: Row) -> str:
+def _state(row: Row) -> Samples:
     v = row.result.verdict
     # A verdict's state follows from its reason, except in hand-made test verdicts.
-    return _STATE.get((v.state, v.reason)) or f',state="{v.state.value}",reason="{v.reason.value}"'
+    extra = _STATE.get((v.state, v.reason))
+    return [(extra or f',state="{v.state.value}",reason="{v.reason.value}"', 1.0)]
 
 
 def _failures(row: Row) -> Samples:
@@ -163,90 +161,83 @@ def _failures(row: Row) -> Samples:
     return [(_REASON[k], float(n)) for k, n in sorted(row.failures.items())]
 
 
-def _responder_label(row: Row) -> str | None:
+def _latest(row: Row) -> Query | None:
     view = row.result.responder
-    if view is None or view.latest is None:
+    return None if view is None else view.latest
+
+
+def _good(row: Row) -> Verdict | None:
+    view = row.result.responder
+    if view is None or view.latest is None or view.good is None:
         return None
-    return f',responder="{_escape(view.latest.url)}"'
-
-
-def _latest(row: Row, value: Callable[[Query], float | None]) -> Samples:
-    label = _responder_label(row)
-    view = row.result.responder
-    if label is None or view is None or view.latest is None:
-        return []
-    v = value(view.latest)
-    return [] if v is None else [(label, v)]
-
-
-def _good(row: Row, value: Callable[[Verdict], float | None]) -> Samples:
-    label = _responder_label(row)
-    view = row.result.responder
-    if label is None or view is None or view.good is None or view.good.verdict is None:
-        return []
-    v = value(view.good.verdict)
-    return [] if v is None else [(label, v)]
+    return view.good.verdict
 
 
 def _responder_cert_status(row: Row) -> Samples:
-    label = _responder_label(row)
-    view = row.result.responder
-    if label is None or view is None or view.good is None or view.good.verdict is None:
+    good = _good(row)
+    if good is None:
         return []
-    status = view.good.verdict.cert_status
-    return [(label + extra, float(s is status)) for s, extra in _CERT_STATUS]
+    return [(extra, float(s is good.cert_status)) for s, extra in _CERT_STATUS]
 
 
-_RESPONDER_SAMPLES: dict[str, Callable[[Row], Samples]] = {
-    "up": lambda row: _latest(row, lambda q: float(q.up)),
-    "latency_seconds": lambda row: _latest(row, lambda q: q.latency_seconds),
-    "http_status": lambda row: _latest(
-        row, lambda q: None if q.http_status is None else float(q.http_status)
-    ),
-    "cert_status": _responder_cert_status,
-    "this_update_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.this_update)),
-    "next_update_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.next_update)),
-    "revocation_timestamp_seconds": lambda row: _good(row, lambda v: _ts(v.revocation_time)),
-    "last_query_timestamp_seconds": lambda row: _latest(row, lambda q: q.asked_at.timestamp()),
-}
-assert _RESPONDER_SAMPLES.keys() == RESPONDER_METRICS.keys()
+def _verdict(row: Row) -> Verdict:
+    return row.result.verdict
 
-# Per family (RESULT_METRICS order), one row's samples; an absent value gives none.
-_SAMPLES: dict[str, Callable[[Row], Samples]] = {
-    "probe_success": lambda row: [("", float(row.result.verdict.reason not in PROBE_FAILURES))],
-    "state": lambda row: [(_state(row), 1.0)],
-    "present": lambda row: _one(_bool(row.result.verdict.staple_present)),
-    "response_status": _response_status,
-    "cert_status": _cert_status,
-    "signature_valid": lambda row: _one(_bool(row.result.verdict.signature_valid)),
-    "fresh": lambda row: _one(_bool(row.result.verdict.fresh)),
-    "this_update_timestamp_seconds": lambda row: _one(_ts(row.result.verdict.this_update)),
-    "next_update_timestamp_seconds": lambda row: _one(_ts(row.result.verdict.next_update)),
-    "produced_at_timestamp_seconds": lambda row: _one(_ts(row.result.verdict.produced_at)),
+
+# Per family (RESULT_METRICS order): a Scalar for families with one sample per row, a
+# function giving Samples for the others. An absent value gives no sample.
+_SAMPLES: dict[str, Scalar | tuple[Callable[[Row], Samples]]] = {
+    "probe_success": lambda row: float(row.result.verdict.reason not in PROBE_FAILURES),
+    "state": (_state,),
+    "present": lambda row: _bool(_verdict(row).staple_present),
+    "response_status": (_response_status,),
+    "cert_status": (_cert_status,),
+    "signature_valid": lambda row: _bool(_verdict(row).signature_valid),
+    "fresh": lambda row: _bool(_verdict(row).fresh),
+    "this_update_timestamp_seconds": lambda row: _ts(_verdict(row).this_update),
+    "next_update_timestamp_seconds": lambda row: _ts(_verdict(row).next_update),
+    "produced_at_timestamp_seconds": lambda row: _ts(_verdict(row).produced_at),
     "revocation_timestamp_seconds": lambda row: (
-        _one(_ts(row.result.verdict.revocation_time)) if _signed(row) else []
+        _ts(_verdict(row).revocation_time) if _signed(row) else None
     ),
-    "must_staple": lambda row: _one(_bool(row.result.verdict.must_staple)),
-    "chain_trusted": lambda row: _one(_bool(row.result.verdict.chain_trusted)),
-    "certificate_not_after_timestamp_seconds": lambda row: _one(
-        _ts(row.result.verdict.leaf_not_after)
-    ),
-    "last_probe_timestamp_seconds": lambda row: _one(row.result.started_at.timestamp()),
-    "probe_duration_seconds": lambda row: _one(row.result.duration_seconds),
-    "probe_retried": lambda row: _one(float(row.result.retried)),
-    "probe_interval_seconds": lambda row: _one(row.interval),
-    "probes": lambda row: _one(None if row.probes is None else float(row.probes)),
-    "probe_failures": _failures,
-    "responder_lag_seconds": lambda row: _one(row.result.verdict.staple_lag_seconds),
+    "must_staple": lambda row: _bool(_verdict(row).must_staple),
+    "chain_trusted": lambda row: _bool(_verdict(row).chain_trusted),
+    "certificate_not_after_timestamp_seconds": lambda row: _ts(_verdict(row).leaf_not_after),
+    "last_probe_timestamp_seconds": lambda row: row.result.started_at.timestamp(),
+    "probe_duration_seconds": lambda row: row.result.duration_seconds,
+    "probe_retried": lambda row: float(row.result.retried),
+    "probe_interval_seconds": lambda row: row.interval,
+    "probes": lambda row: None if row.probes is None else float(row.probes),
+    "probe_failures": (_failures,),
+    "responder_lag_seconds": lambda row: _verdict(row).staple_lag_seconds,
 }
 assert _SAMPLES.keys() == RESULT_METRICS.keys()
 
-# Every per-row family: (full name, type, help, samples), in exposition order.
+# The same for the responder's families, whose series also carry the responder label.
+_RESPONDER_SAMPLES: dict[str, Scalar | tuple[Callable[[Row], Samples]]] = {
+    "up": lambda row: None if (q := _latest(row)) is None else float(q.up),
+    "latency_seconds": lambda row: None if (q := _latest(row)) is None else q.latency_seconds,
+    "http_status": lambda row: (
+        None if (q := _latest(row)) is None or q.http_status is None else float(q.http_status)
+    ),
+    "cert_status": (_responder_cert_status,),
+    "this_update_timestamp_seconds": lambda row: _ts(g.this_update if (g := _good(row)) else None),
+    "next_update_timestamp_seconds": lambda row: _ts(g.next_update if (g := _good(row)) else None),
+    "revocation_timestamp_seconds": lambda row: _ts(
+        g.revocation_time if (g := _good(row)) else None
+    ),
+    "last_query_timestamp_seconds": lambda row: (
+        None if (q := _latest(row)) is None else q.asked_at.timestamp()
+    ),
+}
+assert _RESPONDER_SAMPLES.keys() == RESPONDER_METRICS.keys()
+
+# Every per-row family: (full name, type, help, samples, carries the responder label).
 _ROW_FAMILIES = [
-    (PREFIX + name + ("_total" if kind == "counter" else ""), kind, help_, _SAMPLES[name])
+    (PREFIX + name + ("_total" if kind == "counter" else ""), kind, help_, _SAMPLES[name], False)
     for name, (kind, help_) in RESULT_METRICS.items()
 ] + [
-    (RESPONDER_PREFIX + name, kind, help_, _RESPONDER_SAMPLES[name])
+    (RESPONDER_PREFIX + name, kind, help_, _RESPONDER_SAMPLES[name], True)
     for name, (kind, help_) in RESPONDER_METRICS.items()
 ]
 
@@ -254,11 +245,18 @@ _ROW_FAMILIES = [
 _BATCH = 512
 
 
+def _number_text(value: float) -> str:
+    # repr spells every finite float exactly as Prometheus parses it (and 4x faster
+    # than client_python's formatter); NaN and infinities fail the comparison and get
+    # client_python's spelling (NaN, +Inf).
+    return repr(value) if -1e300 < value < 1e300 else _number(value)
+
+
 def exposition_parts(rows: Sequence[Row]) -> Iterator[str]:
     """Text exposition (format 0.0.4) of rows, grouped by family, every family described.
 
     Rendered family by family in batches of a few hundred rows and streamed, so a
-    10,000-target scrape (30 MB of text) is never held whole: a daemon's resident
+    10,000-target scrape (35 MB of text) is never held whole: a daemon's resident
     memory stays that of its targets, not of its largest scrape.
 
     One render function for /metrics and /probe, so the two cannot drift apart. It writes
@@ -266,20 +264,34 @@ def exposition_parts(rows: Sequence[Row]) -> Iterator[str]:
     targets (250,000 samples) generate_latest took 2 s per scrape, this takes a fraction.
     """
     bases = [_label_text(row.labels) for row in rows]
-    for full, kind, help_, samples in _ROW_FAMILIES:
+    # Responder series add the responder's URL; rows without an answer have none.
+    rbases = [
+        None if (q := _latest(row)) is None else f'{base},responder="{_escape(q.url)}"'
+        for row, base in zip(rows, bases, strict=True)
+    ]
+    for full, kind, help_, samples, responder in _ROW_FAMILIES:
         head = f"# HELP {full} {help_}\n# TYPE {full} {kind}\n"
+        labels = rbases if responder else bases
         for start in range(0, max(len(rows), 1), _BATCH):
-            lines = [
-                # repr spells every finite float exactly as Prometheus parses it (and
-                # 4x faster than client_python's formatter); NaN and infinities fail
-                # the comparison and get client_python's spelling (NaN, +Inf).
-                f"{full}{{{base}{extra}}}"
-                f" {repr(value) if -1e300 < value < 1e300 else _number(value)}\n"
+            pairs = [
+                (row, base)
                 for row, base in zip(
-                    rows[start : start + _BATCH], bases[start : start + _BATCH], strict=True
+                    rows[start : start + _BATCH], labels[start : start + _BATCH], strict=True
                 )
-                for extra, value in samples(row)
+                if base is not None
             ]
+            if isinstance(samples, tuple):
+                lines = [
+                    f"{full}{{{base}{extra}}} {_number_text(value)}\n"
+                    for row, base in pairs
+                    for extra, value in samples[0](row)
+                ]
+            else:
+                lines = [
+                    f"{full}{{{base}}} {repr(v) if -1e300 < v < 1e300 else _number(v)}\n"
+                    for row, base in pairs
+                    if (v := samples(row)) is not None
+                ]
             yield head + "".join(lines)
             head = ""
 
