@@ -10,6 +10,7 @@ stay in the verdict; facts after it are None ("not checked").
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable
@@ -673,7 +674,11 @@ def _ocsp_urls(leaf: x509.Certificate) -> tuple[str, ...]:
 
 
 def _verification_subject(capture: Capture) -> x509.verification.Subject:
-    name = capture.server_name or capture.address
+    return _subject(capture.server_name or capture.address)
+
+
+@functools.lru_cache(maxsize=65536)
+def _subject(name: str) -> x509.verification.Subject:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:

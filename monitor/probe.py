@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -100,7 +101,9 @@ def context_for(version: TLSVersion) -> SSL.Context:
     return ctx
 
 
-def _is_ip(name: str) -> bool:
+@functools.lru_cache(maxsize=65536)
+def is_ip_literal(name: str) -> bool:
+    """Whether ``name`` is an IPv4 or IPv6 address (asked several times per probe)."""
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -183,7 +186,7 @@ def probe(
         conn = SSL.Connection(context_for(tls_version), sock)
         box: dict[str, bytes | None] = {"staple": None}
         conn.set_app_data(box)
-        if server_name and not _is_ip(server_name):
+        if server_name and not is_ip_literal(server_name):
             conn.set_tlsext_host_name(server_name.encode("idna"))
         conn.request_ocsp()
         conn.set_connect_state()

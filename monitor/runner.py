@@ -6,7 +6,6 @@ all three reach the same verdict for the same server.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 import time
@@ -17,7 +16,7 @@ from datetime import datetime, timedelta
 from monitor import ocsp
 from monitor.gate import GATE
 from monitor.ocsp import Reason, Verdict
-from monitor.probe import Capture, TLSVersion, probe
+from monitor.probe import Capture, TLSVersion, is_ip_literal, probe
 from monitor.responder import ResponderClient, ResponderView
 from monitor.trust import Trust
 
@@ -74,12 +73,7 @@ class Result:
     log: tuple[str, ...] = field(default=(), compare=False)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+_is_ip = is_ip_literal
 
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
