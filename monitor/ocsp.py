@@ -278,7 +278,9 @@ def judge_capture(
     # Who issued the leaf, proven by a verified path to a trust anchor. Without it
     # neither the CertID nor the signature can be checked (RFC 6960 3.2 steps 1-3).
     name = _verification_subject(capture)
-    step = _memoized(memo, ("path", name, prints), now, lambda: _verify_path(capture, trust, now))
+    step = _memoized(
+        memo, ("path", name, prints), now, lambda: _verify_path(capture, name, trust, now)
+    )
     f.update(step.facts)
     if step.stop is not None:
         return Judged(walk.stop(*step.stop))
@@ -447,15 +449,12 @@ def _read_chain(chain: tuple[x509.Certificate, ...]) -> _Step:
     )
 
 
-def _verify_path(capture: Capture, trust: Trust, now: datetime) -> _Step:
+def _verify_path(
+    capture: Capture, name: x509.verification.Subject, trust: Trust, now: datetime
+) -> _Step:
     leaf, intermediates = capture.chain[0], list(capture.chain[1:])
     try:
-        verifier = (
-            PolicyBuilder()
-            .store(trust.store)
-            .time(now)
-            .build_server_verifier(_verification_subject(capture))
-        )
+        verifier = PolicyBuilder().store(trust.store).time(now).build_server_verifier(name)
         path = verifier.verify(leaf, intermediates)
     except (VerificationError, ValueError) as exc:
         f: dict[str, Any] = {"chain_trusted": False}
@@ -543,29 +542,26 @@ def _read_response(
 
     # RFC 6960 3.2 steps 3 and 4.2.2.2: the signer is the issuer or a responder it authorised.
     signer, signer_problem, valid_from, valid_until = _authorised_signer(response, issuer, now)
+
+    def held(stop: tuple[Reason, str] | None = None) -> _Step:
+        # From here on the outcome holds while the signer's authority does.
+        return _Step(tuple(f.items()), stop, valid_from=valid_from, valid_until=valid_until)
+
     if signer is None:
-        return _Step(
-            tuple(f.items()),
-            (Reason.UNAUTHORIZED_RESPONDER, signer_problem),
-            valid_from=valid_from,
-            valid_until=valid_until,
-        )
+        return held((Reason.UNAUTHORIZED_RESPONDER, signer_problem))
     f["signer"] = Signer.ISSUER if signer is issuer else Signer.DELEGATED
     f["signer_subject"] = signer.subject.rfc4514_string()
 
     # RFC 6960 3.2 step 2: the signature on the response is valid.
     f["signature_valid"] = _signature_ok(response, signer)
     if not f["signature_valid"]:
-        return _Step(
-            tuple(f.items()),
+        return held(
             (
                 Reason.BAD_SIGNATURE,
                 f"the {source}'s signature does not verify with the key of {f['signer_subject']}",
-            ),
-            valid_from=valid_from,
-            valid_until=valid_until,
+            )
         )
-    return _Step(tuple(f.items()), valid_from=valid_from, valid_until=valid_until)
+    return held()
 
 
 DEFAULT_LAG_WARNING = timedelta(hours=12)

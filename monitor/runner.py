@@ -51,7 +51,7 @@ class CheckSpec:
         """The name sent as SNI and checked against the certificate."""
         if self.server_name:
             return self.server_name
-        return None if _is_ip(self.host) else self.host
+        return None if is_ip_literal(self.host) else self.host
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,6 @@ class Result:
     handshake_seconds: float | None = None
     responder: ResponderView | None = None  # None: no cross-check for this result
     log: tuple[str, ...] = field(default=(), compare=False)
-
-
-_is_ip = is_ip_literal
 
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
@@ -110,7 +107,7 @@ _FAMILIES = {"all": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_
 
 def resolve(host: str, port: int, family: str = "all") -> tuple[str, ...]:
     """Every distinct address ``host`` resolves to (A and AAAA), in resolver order."""
-    if _is_ip(host):
+    if is_ip_literal(host):
         return (host,)
     try:
         infos = socket.getaddrinfo(host, port, _FAMILIES[family], socket.SOCK_STREAM)
@@ -234,9 +231,9 @@ def _ask_responder(
     now: datetime,
 ) -> ResponderView | None:
     """The CA responder's answer about the leaf, when there is a verified issuer and a URL."""
-    verdict = judged.verdict
-    urls = [u for u in verdict.ocsp_urls if u.lower().startswith(("http://", "https://"))]
-    if judged.issuer is None or not verdict.chain_trusted or not urls:
+    # An issuer is only found on a verified path, so it implies a trusted chain.
+    urls = [u for u in judged.verdict.ocsp_urls if u.lower().startswith(("http://", "https://"))]
+    if judged.issuer is None or not urls:
         return None
     return responder.view(
         capture.chain[0], judged.issuer, urls[0], now=now, memo=trust.memo,
